@@ -1,0 +1,1 @@
+"""Agent runtime, tool registry, retail and clinic tools."""

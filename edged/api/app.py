@@ -1,0 +1,127 @@
+"""The aiohttp application on the Unix socket: roles, errors, metrics, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+from aiohttp import web
+
+from edged.api.keys import PEER
+from edged.api.peer import Role, RoleResolver, peer_credentials
+from edged.errors import EdgedError, Forbidden, QueueFull, Unavailable
+from edged.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RouteProvider(Protocol):
+    def add_routes(self, app: web.Application) -> None: ...
+
+
+def required_role(path: str) -> Role:
+    """One table of who may call what: /admin is admin, /v1 is client, the rest anyone."""
+    if path.startswith("/admin"):
+        return Role.ADMIN
+    if path.startswith("/v1"):
+        return Role.CLIENT
+    return Role.NONE
+
+
+def error_response(err: EdgedError) -> web.Response:
+    resp = web.json_response(err.envelope(), status=err.status)
+    if isinstance(err, QueueFull):
+        resp.headers["Retry-After"] = str(max(1, round(err.retry_after)))
+    return resp
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+               400: "bad_request"}
+
+
+def _from_http_exception(e: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(e.status, "http_error")
+    message = e.reason if e.status != 404 else "no such route"
+    if isinstance(e, web.HTTPRequestEntityTooLarge):
+        message = "request body is too large"
+    resp = web.json_response({"error": {"code": code, "message": message}}, status=e.status)
+    if e.status == 405 and "Allow" in e.headers:
+        resp.headers["Allow"] = e.headers["Allow"]
+    return resp
+
+
+class ApiState:
+    """What the middlewares share: the drain flag and the in-flight count."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
+              state: ApiState, providers: Iterable[RouteProvider]) -> web.Application:
+
+    @web.middleware
+    async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        started = time.perf_counter()
+        status = 500
+        state.in_flight += 1
+        state.idle.clear()
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        finally:
+            state.in_flight -= 1
+            if state.in_flight == 0:
+                state.idle.set()
+            metrics.requests.labels(name, request.method, str(status)).inc()
+            metrics.latency.labels(name, request.method).observe(time.perf_counter() - started)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if state.draining:
+                raise Unavailable("edged is shutting down", code="draining")
+            return await handler(request)
+        except EdgedError as e:
+            if e.status >= 500 and not isinstance(e, Unavailable):
+                log.error("%s %s failed: %s", request.method, request.path, e.message)
+            return error_response(e)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _from_http_exception(e)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return web.json_response(
+                {"error": {"code": "internal", "message": "internal error; see the daemon log"}},
+                status=500)
+
+    @web.middleware
+    async def roles(request: web.Request, handler: Handler) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        pid, uid, gid = peer_credentials(sock) if sock is not None else (0, -1, -1)
+        peer = resolver.resolve(pid, uid, gid)
+        request[PEER] = peer
+        need = required_role(request.path)
+        if peer.role < need:
+            raise Forbidden(f"{request.path} needs the {need.name.lower()} role; "
+                            f"uid {uid} has {peer.role.name.lower() if peer.role else 'none'}")
+        return await handler(request)
+
+    app = web.Application(client_max_size=max_body, middlewares=[track, errors, roles])
+    for provider in providers:
+        provider.add_routes(app)
+    return app

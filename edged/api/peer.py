@@ -1,0 +1,70 @@
+"""Roles from the peer's credentials (SO_PEERCRED), never from the request body."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Role(IntEnum):
+    NONE = 0
+    CLIENT = 1
+    ADMIN = 2
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[str]
+    role: Role
+
+    def describe(self) -> dict[str, object]:
+        return {"uid": self.uid, "gid": self.gid, "pid": self.pid, "role": self.role.name.lower()}
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def group_names(uid: int, gid: int) -> frozenset[str]:
+    """Names of the peer's primary group and every group listing the peer's user."""
+    names: set[str] = set()
+    with contextlib.suppress(KeyError):
+        names.add(grp.getgrgid(gid).gr_name)
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return frozenset(names)
+    names.update(g.gr_name for g in grp.getgrall() if user in g.gr_mem)
+    return frozenset(names)
+
+
+class RoleResolver:
+    """admin: root, the daemon's own uid, or a member of an admin group; client: a member of a
+    client group; anyone else: no role."""
+
+    def __init__(self, admin_groups: tuple[str, ...], client_groups: tuple[str, ...]) -> None:
+        self._admin = frozenset(admin_groups)
+        self._client = frozenset(client_groups)
+        self._own_uid = os.getuid()
+
+    def resolve(self, pid: int, uid: int, gid: int) -> Peer:
+        groups = group_names(uid, gid)
+        if uid in (0, self._own_uid) or groups & self._admin:
+            role = Role.ADMIN
+        elif groups & self._client:
+            role = Role.CLIENT
+        else:
+            role = Role.NONE
+        return Peer(pid=pid, uid=uid, gid=gid, groups=groups, role=role)

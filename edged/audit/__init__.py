@@ -1,0 +1,1 @@
+"""Encrypted, hash-chained audit log."""

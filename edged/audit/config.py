@@ -1,0 +1,28 @@
+"""Config of the ``[audit]`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edged.tomlreader import Table
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool
+    segment_bytes: int
+    checkpoint_every: int
+    checkpoint_interval: float
+    log_prompts: bool
+
+
+def parse_audit(t: Table) -> AuditConfig:
+    cfg = AuditConfig(
+        enabled=t.bool("enabled", True),
+        segment_bytes=t.size("segment_bytes", 16 * 1024 * 1024),
+        checkpoint_every=t.int("checkpoint_every", 1000, min=1),
+        checkpoint_interval=t.duration("checkpoint_interval", 300.0),
+        log_prompts=t.bool("log_prompts", False),
+    )
+    t.done()
+    return cfg

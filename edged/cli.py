@@ -1,0 +1,167 @@
+"""argv -> command. The only place that prints for people and exits the process.
+
+Each package that has verbs keeps them in its own ``cli`` module with a
+``register(subparsers, common)`` function; this module puts them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edged import __version__
+from edged.client import ApiError, Client, DaemonUnreachable
+from edged.config import Config, Overrides, load_config
+from edged.errors import ConfigError, EdgedError
+
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+DEV_CONFIG = Path("config/edged.toml")
+SYSTEM_CONFIG = Path("/etc/edged/edged.toml")
+DEV_SOCKET = Path("var/edged.sock")
+SYSTEM_SOCKET = Path("/run/edged/edged.sock")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("EDGED_CONFIG")
+    if env:
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else DEV_CONFIG
+
+
+def default_socket() -> Path:
+    env = os.environ.get("EDGED_SOCKET")
+    if env:
+        return Path(env)
+    return DEV_SOCKET if DEV_SOCKET.exists() else SYSTEM_SOCKET
+
+
+def client_for(args: argparse.Namespace) -> Client:
+    return Client(Path(args.socket) if args.socket else default_socket())
+
+
+def config_for(args: argparse.Namespace) -> Config:
+    """The config named by --config (or the default), with --state-dir/--socket applied."""
+    overrides = Overrides(
+        state_dir=Path(args.state_dir) if getattr(args, "state_dir", None) else None,
+        socket=Path(args.socket) if getattr(args, "socket", None) else None,
+    )
+    path = Path(args.config) if getattr(args, "config", None) else default_config_path()
+    return load_config(path, overrides)
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    """--json prints the data as JSON; otherwise the human rendering."""
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        text = human(data)
+        if text:
+            print(text)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from edged.daemon import Daemon
+    from edged.logsetup import setup_logging
+
+    config = config_for(args)
+    setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    asyncio.run(Daemon(config).serve())
+    return 0
+
+
+def _render_status(data: dict[str, Any]) -> str:
+    peer = data.get("peer", {})
+    lines = [
+        f"edged {data.get('version')}  status: {data.get('status')}  "
+        f"uptime: {data.get('uptime_s')}s  your role: {peer.get('role')} (uid {peer.get('uid')})",
+    ]
+    for name, part in data.items():
+        if isinstance(part, dict) and name != "peer":
+            summary = ", ".join(f"{k}={v}" for k, v in part.items()
+                                if not isinstance(v, dict | list))
+            lines.append(f"  {name}: {summary}")
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    emit(args, client_for(args).get("/health"), _render_status)
+    return 0
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="daemon socket (default: $EDGED_SOCKET, ./var/edged.sock, "
+                             "/run/edged/edged.sock)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_parser()
+    parser = argparse.ArgumentParser(prog="edged", parents=[common],
+                                     description="Small language models and agents on edge boxes.")
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", parents=[common], help="run the daemon")
+    serve.add_argument("--config", help="config file (default: $EDGED_CONFIG, "
+                                        "/etc/edged/edged.toml, config/edged.toml)")
+    serve.add_argument("--state-dir", help="state folder (db, audit, models)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-format", choices=("auto", "text", "journal", "json"))
+    serve.set_defaults(handler=_cmd_serve)
+
+    status = sub.add_parser("status", parents=[common], help="version, uptime, role, components")
+    status.set_defaults(handler=_cmd_status)
+
+    for register in _registrars():
+        register(sub, common)
+    return parser
+
+
+def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.socket = getattr(args, "socket", None)
+    args.json = getattr(args, "json", False)
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except ConfigError as e:
+        print(f"edged: invalid config: {e.message}", file=sys.stderr)
+        return EX_CONFIG
+    except DaemonUnreachable as e:
+        print(f"edged: {e.message}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except ApiError as e:
+        print(f"edged: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
+        return 1
+    except EdgedError as e:
+        print(f"edged: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:
+        logging.getLogger("edged").exception("edged: unexpected error")
+        return 1

@@ -1,0 +1,155 @@
+"""TOML -> typed, validated, frozen config.
+
+Everything is validated before any I/O happens. Each package owns the dataclass and the
+parser of its own section (``edged/<pkg>/config.py``); this module owns the daemon and
+logging sections and puts the whole document together. A reload builds a whole new
+``Config`` and swaps it, or changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edged.agents.config import AgentsConfig, parse_agents
+from edged.audit.config import AuditConfig, parse_audit
+from edged.errors import ConfigError
+from edged.models.config import ModelsConfig, parse_models
+from edged.remote.config import RemoteConfig, parse_remote
+from edged.sync.config import SyncConfig, parse_sync
+from edged.tomlreader import Table
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path
+    socket: Path
+    socket_mode: int
+    keys_dir: Path
+    admin_groups: tuple[str, ...]
+    client_groups: tuple[str, ...]
+    max_body_bytes: int
+    grace_period: float
+    device_id: str
+    device_tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str
+    format: str  # auto | text | journal | json
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None
+    daemon: DaemonConfig
+    logging: LoggingConfig
+    models: ModelsConfig
+    agents: AgentsConfig
+    audit: AuditConfig
+    sync: SyncConfig
+    remote: RemoteConfig
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line overrides: ``edged serve --state-dir D --socket S``."""
+
+    state_dir: Path | None = None
+    socket: Path | None = None
+
+
+def _parse_daemon(t: Table, overrides: Overrides) -> DaemonConfig:
+    state_dir = overrides.state_dir or t.path("state_dir", Path("/var/lib/edged"))
+    socket = overrides.socket or t.path("socket", Path(state_dir) / "edged.sock")
+    t.path("state_dir", None)
+    t.path("socket", None)
+    mode_text = t.str("socket_mode", "0660")
+    try:
+        socket_mode = int(mode_text, 8)
+    except ValueError:
+        raise ConfigError(f"{t.key('socket_mode')}: {mode_text!r} is not an octal mode") from None
+    cfg = DaemonConfig(
+        state_dir=Path(state_dir),
+        socket=Path(socket),
+        socket_mode=socket_mode,
+        keys_dir=t.path("keys_dir", Path(state_dir) / "keys")
+        if not overrides.state_dir else Path(state_dir) / "keys",
+        admin_groups=t.str_list("admin_groups", ("edged-admin",)),
+        client_groups=t.str_list("client_groups", ("edged",)),
+        max_body_bytes=t.size("max_body", 1024 * 1024),
+        grace_period=t.duration("grace_period", 20.0),
+        device_id=t.str("device_id", os.uname().nodename),
+        device_tags=t.str_list("device_tags", ()),
+    )
+    t.done()
+    if len(os.fsencode(cfg.socket)) > 107:
+        raise ConfigError(f"{t.key('socket')}: {str(cfg.socket)!r} is longer than the 107 bytes "
+                          "a Unix socket path may have")
+    return cfg
+
+
+def _parse_logging(t: Table) -> LoggingConfig:
+    cfg = LoggingConfig(
+        level=t.choice("level", ("debug", "info", "warning", "error"), "info"),
+        format=t.choice("format", ("auto", "text", "journal", "json"), "auto"),
+    )
+    t.done()
+    return cfg
+
+
+def parse_config(data: dict[str, Any], *, source: Path | None = None,
+                 overrides: Overrides | None = None) -> Config:
+    base_dir = source.parent if source else Path.cwd()
+    root = Table(data, "", base_dir)
+    daemon = _parse_daemon(root.table("daemon"), overrides or Overrides())
+    cfg = Config(
+        source=source,
+        daemon=daemon,
+        logging=_parse_logging(root.table("logging")),
+        models=parse_models(root, daemon.state_dir),
+        agents=parse_agents(root.table("agents")),
+        audit=parse_audit(root.table("audit")),
+        sync=parse_sync(root.table("sync")),
+        remote=parse_remote(root.table("remote")),
+    )
+    root.done()
+    _check_cross_references(cfg)
+    return cfg
+
+
+def _check_cross_references(cfg: Config) -> None:
+    for name, agent in cfg.agents.agents.items():
+        if agent.model not in cfg.models.catalog:
+            raise ConfigError(f"agents.{name}.model: {agent.model!r} is not a model alias "
+                              f"(known: {', '.join(sorted(cfg.models.catalog)) or 'none'})")
+
+
+def parse_toml_text(text: str, *, source: Path | None = None,
+                    overrides: Overrides | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        where = source or "config"
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    return parse_config(data, source=source, overrides=overrides)
+
+
+def load_config(path: Path, overrides: Overrides | None = None) -> Config:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config is not UTF-8 text") from None
+    return parse_toml_text(text, source=path.resolve(), overrides=overrides)

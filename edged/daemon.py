@@ -1,0 +1,101 @@
+"""The composition root: builds every component, runs them in one TaskGroup, shuts down
+in order.
+
+Phases: claim the socket and the state folder; open resources (AsyncExitStack, closed in
+reverse); start component tasks; answer on the socket; tell systemd READY; wait for the
+stop event. Then drain the API within the grace period, cancel the component tasks and
+close the resources (flushing the audit log and the outbox). If a component crashes, the
+TaskGroup cancels the rest and ``serve`` raises, so the process exits non-zero and systemd
+restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from edged.api.app import ApiState, RouteProvider, build_app
+from edged.api.peer import RoleResolver
+from edged.api.server import ApiServer
+from edged.api.system import HealthSource, SystemRoutes
+from edged.config import Config
+from edged.metrics import Metrics
+from edged.notify import Notifier
+from edged.statelock import StateLock
+from edged.store import Schema, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Wiring:
+    """What the build phase hands to the run phase."""
+
+    background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = field(
+        default_factory=list)
+    health: dict[str, HealthSource] = field(default_factory=dict)
+    routes: list[RouteProvider] = field(default_factory=list)
+    status: list[Callable[[], str]] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop = asyncio.Event()
+        self.metrics = Metrics()
+
+    def schemas(self) -> list[Schema]:
+        return []
+
+    async def _build(self, stack: AsyncExitStack, store: Store) -> Wiring:
+        """Every component, built with its config slice and its collaborators."""
+        wiring = Wiring()
+        return wiring
+
+    async def serve(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        state = ApiState()
+        wiring = Wiring()
+        with ExitStack() as claims:
+            server = ApiServer(None, state, cfg.daemon.socket, cfg.daemon.socket_mode)
+            server.claim()
+            claims.callback(server.release)
+            claims.enter_context(StateLock(cfg.daemon.state_dir))
+            async with AsyncExitStack() as stack:
+                store = await stack.enter_async_context(
+                    Store(cfg.daemon.state_dir / "edged.db", self.schemas()))
+                wiring = await self._build(stack, store)
+                wiring.routes.insert(0, SystemRoutes(self.metrics, wiring.health))
+                server.app = build_app(
+                    resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups),
+                    metrics=self.metrics, max_body=cfg.daemon.max_body_bytes, state=state,
+                    providers=wiring.routes)
+                await self._run(server, wiring)
+        log.info("edged stopped")
+
+    async def _run(self, server: ApiServer, wiring: Wiring) -> None:
+        notifier = Notifier(lambda: "; ".join(s() for s in wiring.status) or "serving")
+        tasks: list[asyncio.Task[None]] = []
+        async with asyncio.TaskGroup() as tg:
+            for name, start in wiring.background:
+                tasks.append(tg.create_task(start(), name=name))
+            tasks.append(tg.create_task(notifier.run(self.stop), name="watchdog"))
+            await server.start()
+            self.metrics.up.set(1)
+            notifier.ready()
+            log.info("edged ready on %s", self.config.daemon.socket)
+            await self.stop.wait()
+            log.info("stopping: draining requests (grace %.0fs)", self.config.daemon.grace_period)
+            notifier.stopping()
+            self.metrics.up.set(0)
+            await server.drain(self.config.daemon.grace_period)
+            for task in tasks:
+                task.cancel()

@@ -1,0 +1,54 @@
+"""Logging: plain text on a terminal, journald-friendly under systemd, or JSON lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class JournalFormatter(logging.Formatter):
+    """journald adds the time and the unit; a ``<N>`` prefix carries the priority."""
+
+    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                 logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self._PRIORITY.get(record.levelno, 6)
+        return f"<{prio}>{record.name}: {super().format(record)}"
+
+
+def under_journald() -> bool:
+    return bool(os.environ.get("JOURNAL_STREAM"))
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    if fmt == "auto":
+        fmt = "journal" if under_journald() else "text"
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif fmt == "journal":
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Model catalog, memory/power budget, manager and backends."""

@@ -1,0 +1,1 @@
+"""Signed config bundles: verify, stage, apply, roll back."""

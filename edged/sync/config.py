@@ -1,0 +1,45 @@
+"""Config of the ``[sync]`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edged.errors import ConfigError
+from edged.tomlreader import Table
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    endpoint: str | None  # unset: queue offline, never send
+    max_bytes: int
+    batch_rows: int
+    batch_bytes: int
+    backoff_base: float
+    backoff_cap: float
+    connect_timeout: float
+    request_timeout: float
+    ca_file: Path | None
+    token_file: Path | None
+    rollup_interval: float
+
+
+def parse_sync(t: Table) -> SyncConfig:
+    endpoint = t.str("endpoint", None) or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{t.key('endpoint')}: {endpoint!r} is not an http(s) URL")
+    cfg = SyncConfig(
+        endpoint=endpoint.rstrip("/") if endpoint else None,
+        max_bytes=t.size("max_bytes", 64 * 1024 * 1024),
+        batch_rows=t.int("batch_rows", 500, min=1, max=100_000),
+        batch_bytes=t.size("batch_bytes", 1024 * 1024),
+        backoff_base=t.duration("backoff_base", 1.0),
+        backoff_cap=t.duration("backoff_cap", 300.0),
+        connect_timeout=t.duration("connect_timeout", 10.0),
+        request_timeout=t.duration("request_timeout", 60.0),
+        ca_file=t.path("ca_file", None),
+        token_file=t.path("token_file", None),
+        rollup_interval=t.duration("rollup_interval", 60.0),
+    )
+    t.done()
+    return cfg
