@@ -50,11 +50,21 @@ class Daemon:
         self.metrics = Metrics()
 
     def schemas(self) -> list[Schema]:
+        """Each component's tables, migrated at open."""
         return []
 
     async def _build(self, stack: AsyncExitStack, store: Store) -> Wiring:
-        """Every component, built with its config slice and its collaborators."""
+        """Every component, built with its config slice and its collaborators, in dependency
+        order: audit, sync (outbox), models, agents, remote. Resources are entered into
+        ``stack`` so they close in reverse."""
+        cfg = self.config
         wiring = Wiring()
+        # -- audit (edged/audit): `audit`, an AuditSink
+        # -- sync (edged/sync): `outbox`, an OutboxQueue; the uploader
+        # -- models (edged/models): `models`, an Inference; the manager and its API routes
+        # -- agents (edged/agents): the agent runtime and its API routes
+        # -- remote (edged/remote): config bundles, pull, apply and roll back
+        del cfg
         return wiring
 
     async def serve(self) -> None:
