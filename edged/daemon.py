@@ -28,6 +28,7 @@ from edged.metrics import Metrics
 from edged.notify import Notifier
 from edged.statelock import StateLock
 from edged.store import Schema, Store
+from edged.sync import outbox as sync_outbox
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Daemon:
 
     def schemas(self) -> list[Schema]:
         """Each component's tables, migrated at open."""
-        return []
+        return [sync_outbox.SCHEMA]
 
     async def _build(self, stack: AsyncExitStack, store: Store) -> Wiring:
         """Every component, built with its config slice and its collaborators, in dependency
@@ -61,6 +62,8 @@ class Daemon:
         wiring = Wiring()
         # -- audit (edged/audit): `audit`, an AuditSink
         # -- sync (edged/sync): `outbox`, an OutboxQueue; the uploader
+        outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry)
+        wiring.health["sync"] = outbox.health
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
         # -- agents (edged/agents): the agent runtime and its API routes
         # -- remote (edged/remote): config bundles, pull, apply and roll back

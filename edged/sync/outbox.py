@@ -1,0 +1,273 @@
+"""The outbox: one SQLite table of rows waiting for the cloud.
+
+Rows are queued inside the caller's transaction, so a ticket and the fact it records commit
+together. The outbox is bounded by ``sync.max_bytes``: when a new row does not fit, the
+oldest metric rollups go first; tickets, checkpoints and events are never dropped, a new
+one is refused with ``InsufficientStorage`` (507) instead. A per-class usage table, updated
+in the same transactions as the rows, keeps the bound check cheap at 100,000 rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from edged.errors import InsufficientStorage
+from edged.store import Schema, Store
+from edged.sync.queue import CHECKPOINT, EVENT, METRICS, TICKET
+
+log = logging.getLogger(__name__)
+
+KINDS = (TICKET, CHECKPOINT, EVENT, METRICS)
+DROPPABLE = frozenset({METRICS})
+
+SCHEMA = Schema("sync", (
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL UNIQUE,
+        is_json INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX outbox_kind_id ON outbox (kind, id);
+    CREATE TABLE outbox_usage (
+        kind TEXT PRIMARY KEY,
+        rows INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    )
+    """,
+))
+
+# Per-row bookkeeping (id, key, times, index entries) on top of the payload; counted so that
+# many tiny rows cannot pass the bound unnoticed.
+ROW_OVERHEAD = 64
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    kind: str
+    key: str
+    is_json: bool
+    payload: bytes
+    size: int
+    created: float
+
+    def value(self) -> Any:
+        return json.loads(self.payload) if self.is_json else self.payload
+
+
+@dataclass
+class Usage:
+    """What the outbox holds, per class: rows, bytes, oldest row's creation time."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+
+def encode(payload: Mapping[str, Any] | bytes) -> tuple[bool, bytes]:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return False, bytes(payload)
+    return True, json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+class OutboxMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Gauge("edged_outbox_rows", "Rows queued for the cloud, by class", ["kind"],
+                          registry=registry)
+        self.bytes = Gauge("edged_outbox_bytes", "Bytes queued for the cloud, by class", ["kind"],
+                           registry=registry)
+        self.oldest_age = Gauge("edged_outbox_oldest_age_seconds",
+                                "Age of the oldest queued row, by class", ["kind"],
+                                registry=registry)
+        self.dropped = Counter("edged_outbox_dropped", "Metric rollups dropped to stay in bound",
+                               ["kind"], registry=registry)
+        self.refused = Counter("edged_outbox_refused",
+                               "Rows refused because the outbox was full", ["kind"],
+                               registry=registry)
+
+
+class Outbox:
+    """Implements ``OutboxQueue``; also what the uploader reads and acknowledges."""
+
+    def __init__(self, store: Store, max_bytes: int, registry: CollectorRegistry) -> None:
+        self._store = store
+        self.max_bytes = max_bytes
+        self.metrics = OutboxMetrics(registry)
+        self.pending = asyncio.Event()  # set when a row is queued: wakes the uploader
+        self.usage = Usage()
+        self.refusals: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue(maxsize=1000)
+        self.last_refused: float | None = None
+
+    # -- queueing (OutboxQueue)
+
+    async def enqueue(self, kind: str, key: str, payload: Mapping[str, Any] | bytes) -> None:
+        async with self._store.transaction() as db:
+            await self.enqueue_in(db, kind, key, payload)
+
+    async def enqueue_in(self, db: aiosqlite.Connection, kind: str, key: str,
+                         payload: Mapping[str, Any] | bytes) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"outbox kind {kind!r} is not one of {', '.join(KINDS)}")
+        if not key:
+            raise ValueError("an outbox row needs a non-empty idempotency key")
+        is_json, body = encode(payload)
+        size = len(body) + len(key) + ROW_OVERHEAD
+        if await _exists(db, key):
+            return
+        if not await self._make_room(db, kind, size):
+            self._refuse(kind, key, size)
+            return
+        await db.execute(
+            "INSERT INTO outbox (kind, key, is_json, payload, size, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (kind, key, int(is_json), body, size, time.time()))
+        await _add_usage(db, kind, 1, size)
+        self.pending.set()
+
+    async def _make_room(self, db: aiosqlite.Connection, kind: str, size: int) -> bool:
+        """Free enough room for ``size`` bytes by dropping the oldest rollups; False when
+        even that is not enough."""
+        used = await _total_bytes(db)
+        excess = used + size - self.max_bytes
+        if excess <= 0:
+            return True
+        if await _bytes_of(db, METRICS) < excess:
+            return False
+        await self._drop_oldest_rollups(db, excess)
+        return True
+
+    async def _drop_oldest_rollups(self, db: aiosqlite.Connection, excess: int) -> None:
+        freed, ids = 0, []
+        async with db.execute(
+                "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id", (METRICS,)) as cur:
+            async for row in cur:
+                ids.append(row[0])
+                freed += row[1]
+                if freed >= excess:
+                    break
+        await _delete_ids(db, ids)
+        await _add_usage(db, METRICS, -len(ids), -freed)
+        self.metrics.dropped.labels(METRICS).inc(len(ids))
+        log.warning("outbox full: dropped the %d oldest metric rollups (%d bytes)", len(ids),
+                    freed)
+
+    def _refuse(self, kind: str, key: str, size: int) -> None:
+        self.metrics.refused.labels(kind).inc()
+        if kind in DROPPABLE:
+            self.metrics.dropped.labels(kind).inc()
+            log.warning("outbox full: dropped the new metric rollup %s", key)
+            return
+        self.last_refused = time.time()
+        log.error("outbox full (%d bytes, sync.max_bytes): refused %s %s", self.max_bytes,
+                  kind, key)
+        if not self.refusals.full():
+            self.refusals.put_nowait((kind, key, size))
+        raise InsufficientStorage(
+            f"the outbox is full (sync.max_bytes = {self.max_bytes} bytes of tickets, "
+            f"checkpoints and events waiting for the cloud); {kind} {key!r} was refused",
+            kind=kind, key=key)
+
+    def health(self) -> dict[str, Any]:
+        """What /health shows until the uploader reports more; degraded after a refusal."""
+        return {"queued": dict(self.usage.rows), "bytes": self.usage.total_bytes,
+                "max_bytes": self.max_bytes, "degraded": self.last_refused is not None}
+
+    # -- reading and acknowledging (the uploader)
+
+    async def batch(self, kind: str, max_rows: int, max_bytes: int) -> list[Row]:
+        """The oldest rows of a class, at most ``max_rows`` and about ``max_bytes`` (at
+        least one row). Read under the write lock so no uncommitted row is ever sent."""
+        rows: list[Row] = []
+        total = 0
+        async with self._store.transaction() as db, db.execute(
+                "SELECT id, kind, key, is_json, payload, size, created FROM outbox "
+                "WHERE kind = ? ORDER BY id LIMIT ?", (kind, max_rows)) as cur:
+            async for r in cur:
+                if rows and total + r[5] > max_bytes:
+                    break
+                rows.append(Row(r[0], r[1], r[2], bool(r[3]), bytes(r[4]), r[5], r[6]))
+                total += r[5]
+        return rows
+
+    async def acknowledge(self, rows: Sequence[Row]) -> None:
+        """Delete rows the cloud has acknowledged."""
+        if not rows:
+            return
+        async with self._store.transaction() as db:
+            await _delete_ids(db, [r.id for r in rows])
+            for kind in {r.kind for r in rows}:
+                mine = [r for r in rows if r.kind == kind]
+                await _add_usage(db, kind, -len(mine), -sum(r.size for r in mine))
+
+    async def refresh(self) -> Usage:
+        """Re-read the usage table and the oldest row per class; update the gauges."""
+        usage = Usage()
+        async with self._store.transaction() as db:
+            async with db.execute("SELECT kind, rows, bytes FROM outbox_usage") as cur:
+                async for kind, rows, size in cur:
+                    usage.rows[kind], usage.bytes[kind] = rows, size
+            for kind in KINDS:
+                async with db.execute("SELECT created FROM outbox WHERE kind = ? "
+                                      "ORDER BY id LIMIT 1", (kind,)) as cur:
+                    first = await cur.fetchone()
+                if first is not None:
+                    usage.oldest[kind] = first[0]
+        self.usage = usage
+        self._set_gauges(usage)
+        return usage
+
+    def _set_gauges(self, usage: Usage) -> None:
+        now = time.time()
+        for kind in KINDS:
+            self.metrics.rows.labels(kind).set(usage.rows.get(kind, 0))
+            self.metrics.bytes.labels(kind).set(usage.bytes.get(kind, 0))
+            oldest = usage.oldest.get(kind)
+            self.metrics.oldest_age.labels(kind).set(0 if oldest is None else now - oldest)
+
+
+async def _exists(db: aiosqlite.Connection, key: str) -> bool:
+    async with db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)) as cur:
+        return await cur.fetchone() is not None
+
+
+async def _total_bytes(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT total(bytes) FROM outbox_usage") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _bytes_of(db: aiosqlite.Connection, kind: str) -> int:
+    async with db.execute("SELECT bytes FROM outbox_usage WHERE kind = ?", (kind,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _add_usage(db: aiosqlite.Connection, kind: str, rows: int, size: int) -> None:
+    await db.execute(
+        "INSERT INTO outbox_usage (kind, rows, bytes) VALUES (?, ?, ?) "
+        "ON CONFLICT(kind) DO UPDATE SET rows = rows + excluded.rows, "
+        "bytes = bytes + excluded.bytes", (kind, rows, size))
+
+
+async def _delete_ids(db: aiosqlite.Connection, ids: Sequence[int]) -> None:
+    # Chunks stay under SQLite's bound-parameter limit.
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        await db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})",
+                         chunk)
