@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,34 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class ProfileConfig:
+    """What a power profile changes for the NEXT load. ``None`` means "no override": the
+    model's own ``threads``, ``budget.idle_unload``, no cap on loaded models."""
+
     threads: int | None
     idle_unload: float | None
     max_loaded: int | None
     prefer_smaller: bool
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_profile(name: str) -> ProfileConfig:
+    """Built-in settings of a profile; a ``[power.profiles.NAME]`` table overrides them key by
+    key. On battery: half the cores and a short idle timeout; on low battery or when hot:
+    one thread and smaller variants, and on low battery only one loaded model."""
+    if name == "battery":
+        return ProfileConfig(threads=max(1, _usable_cpus() // 2), idle_unload=60.0,
+                             max_loaded=None, prefer_smaller=False)
+    if name == "low_battery":
+        return ProfileConfig(threads=1, idle_unload=30.0, max_loaded=1, prefer_smaller=True)
+    if name == "hot":
+        return ProfileConfig(threads=1, idle_unload=None, max_loaded=None, prefer_smaller=True)
+    return ProfileConfig(threads=None, idle_unload=None, max_loaded=None, prefer_smaller=False)
 
 
 @dataclass(frozen=True)
@@ -51,7 +76,16 @@ class PowerConfig:
     poll_interval: float
     low_battery_percent: float
     hot_celsius: float
+    # Bands that stop flapping: leave "hot" only below hot_celsius - hysteresis_celsius, and
+    # "low_battery" only above low_battery_percent + hysteresis_percent (or on AC).
+    hysteresis_celsius: float = 5.0
+    hysteresis_percent: float = 5.0
+    # Where the cgroup v2 hierarchy is mounted (memory.max), read with the other sensors.
+    cgroup_root: Path = Path("/sys/fs/cgroup")
     profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+
+    def profile(self, name: str) -> ProfileConfig:
+        return self.profiles.get(name) or default_profile(name)
 
 
 @dataclass(frozen=True)
@@ -108,31 +142,44 @@ def _parse_budget(t: Table) -> BudgetConfig:
     return cfg
 
 
-def _parse_profile(t: Table) -> ProfileConfig:
+def _parse_profile(t: Table, base: ProfileConfig) -> ProfileConfig:
+    """Keys left out keep the built-in value of that profile."""
     cfg = ProfileConfig(
-        threads=t.int("threads", None, min=1, max=256),
-        idle_unload=t.duration("idle_unload", None),
-        max_loaded=t.int("max_loaded", None, min=1, max=64),
-        prefer_smaller=t.bool("prefer_smaller", False),
+        threads=t.int("threads", base.threads, min=1, max=256),
+        idle_unload=t.duration("idle_unload", base.idle_unload),
+        max_loaded=t.int("max_loaded", base.max_loaded, min=1, max=64),
+        prefer_smaller=t.bool("prefer_smaller", base.prefer_smaller),
     )
     t.done()
     return cfg
 
 
-def _parse_power(t: Table) -> PowerConfig:
-    profiles_t = t.tables("profiles")
-    for name in profiles_t:
+def _parse_profiles(t: Table) -> dict[str, ProfileConfig]:
+    """All four profiles: the built-in settings, overridden by ``[power.profiles.NAME]``."""
+    given = t.tables("profiles")
+    for name in given:
         if name not in PROFILE_NAMES:
             raise ConfigError(f"{t.key('profiles')}.{name}: unknown profile "
                               f"(expected one of {', '.join(PROFILE_NAMES)})")
+    empty = Table({}, t.key("profiles"))
+    return {name: _parse_profile(given.get(name, empty), default_profile(name))
+            for name in PROFILE_NAMES}
+
+
+def _parse_power(t: Table) -> PowerConfig:
     cfg = PowerConfig(
         power_supply_root=t.path("power_supply_root", Path("/sys/class/power_supply")),
         thermal_root=t.path("thermal_root", Path("/sys/class/thermal")),
         poll_interval=t.duration("poll_interval", 30.0),
         low_battery_percent=t.float("low_battery_percent", 20.0, min=0, max=100),
         hot_celsius=t.float("hot_celsius", 80.0, min=0, max=150),
-        profiles={name: _parse_profile(pt) for name, pt in profiles_t.items()},
+        hysteresis_celsius=t.float("hysteresis_celsius", 5.0, min=0, max=50),
+        hysteresis_percent=t.float("hysteresis_percent", 5.0, min=0, max=50),
+        cgroup_root=t.path("cgroup_root", Path("/sys/fs/cgroup")),
+        profiles=_parse_profiles(t),
     )
+    if cfg.poll_interval <= 0:
+        raise ConfigError(f"{t.key('poll_interval')}: must be above 0")
     t.done()
     return cfg
 
