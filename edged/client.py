@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,12 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self._path))
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self._path))
+        except BaseException:
+            sock.close()
+            raise
         self.sock = sock
 
 
@@ -45,8 +50,17 @@ class Client:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _open(self, method: str, path: str, body: Any) -> http.client.HTTPResponse:
+    @contextmanager
+    def _open(self, method: str, path: str, body: Any) -> Iterator[http.client.HTTPResponse]:
+        """One connection per request, closed once the caller has read the response."""
         conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            yield self._send(conn, method, path, body)
+        finally:
+            conn.close()
+
+    def _send(self, conn: _UnixConnection, method: str, path: str,
+              body: Any) -> http.client.HTTPResponse:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
@@ -61,17 +75,20 @@ class Client:
             raise DaemonUnreachable(
                 f"permission denied on {self.socket_path}: your user must be in the daemon's "
                 "client group") from None
+        except TimeoutError:
+            raise DaemonUnreachable(
+                f"edged on {self.socket_path} did not answer within {self.timeout:.0f}s") from None
+        except (ConnectionError, http.client.HTTPException) as e:
+            raise DaemonUnreachable(
+                f"edged on {self.socket_path} dropped the connection ({e}); is it stopping?"
+            ) from None
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        resp = self._open(method, path, body)
-        raw = resp.read()
-        ctype = resp.getheader("Content-Type", "")
-        data: Any = json.loads(raw) if "json" in ctype and raw else raw.decode(errors="replace")
-        if resp.status >= 400:
-            err = data.get("error", {}) if isinstance(data, dict) else {}
-            raise ApiError(resp.status, err.get("code", "http_error"),
-                           err.get("message", f"HTTP {resp.status}"))
-        return data
+        with self._open(method, path, body) as resp:
+            raw = resp.read()
+            ctype = resp.getheader("Content-Type", "")
+            status = resp.status
+        return _decode(status, ctype, raw)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -81,17 +98,24 @@ class Client:
 
     def stream(self, path: str, body: Any) -> Iterator[Any]:
         """POST and yield each SSE ``data:`` event as JSON, until ``[DONE]``."""
-        resp = self._open("POST", path, body)
-        if resp.status >= 400:
-            data = json.loads(resp.read() or b"{}")
-            err = data.get("error", {})
-            raise ApiError(resp.status, err.get("code", "http_error"),
-                           err.get("message", f"HTTP {resp.status}"))
-        for line in resp:
-            text = line.decode().strip()
-            if not text.startswith("data:"):
-                continue
-            payload = text[5:].strip()
-            if payload == "[DONE]":
-                return
-            yield json.loads(payload)
+        with self._open("POST", path, body) as resp:
+            if resp.status >= 400:
+                _decode(resp.status, resp.getheader("Content-Type", ""), resp.read())
+            for line in resp:
+                text = line.decode().strip()
+                if not text.startswith("data:"):
+                    continue
+                payload = text[5:].strip()
+                if payload == "[DONE]":
+                    return
+                yield json.loads(payload)
+
+
+def _decode(status: int, ctype: str, raw: bytes) -> Any:
+    """The body as JSON (or text); an error envelope becomes an ``ApiError``."""
+    data: Any = json.loads(raw) if "json" in ctype and raw else raw.decode(errors="replace")
+    if status >= 400:
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        raise ApiError(status, err.get("code", "http_error"),
+                       err.get("message", f"HTTP {status}"))
+    return data

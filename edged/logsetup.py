@@ -35,7 +35,18 @@ class JournalFormatter(logging.Formatter):
 
 
 def under_journald() -> bool:
-    return bool(os.environ.get("JOURNAL_STREAM"))
+    """True when stderr is the journal stream systemd set up for us. JOURNAL_STREAM is
+    inherited by children whose stderr may point elsewhere, so compare it with stderr's own
+    device and inode, as systemd.exec(5) advises."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
 def setup_logging(level: str, fmt: str) -> None:

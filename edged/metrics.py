@@ -37,6 +37,9 @@ class Metrics:
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.up = Gauge("edged_up", "1 while the daemon serves", registry=self.registry)
+        self.in_flight = Gauge("edged_http_requests_in_flight",
+                               "API requests being handled now (drain waits for 0)",
+                               registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -96,6 +96,22 @@ class RunningDaemon:
         self.config_path = config_path
         self.log_path = log_path
         self.client = Client(socket_path, timeout=300)
+        # The sd_notify socket, kept open when start_daemon(keep_notify=True).
+        self.notify: socket.socket | None = None
+
+    def notifications(self, until: bytes, timeout: float = 60) -> list[bytes]:
+        """sd_notify datagrams received until one contains ``until``."""
+        if self.notify is None:
+            raise RuntimeError("start the daemon with keep_notify=True")
+        seen: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.notify], [], [], deadline - time.monotonic())
+            if ready:
+                seen.append(self.notify.recv(4096))
+                if until in seen[-1]:
+                    return seen
+        raise TimeoutError(f"no {until!r} from edged in {timeout}s; got {seen!r}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -103,12 +119,22 @@ class RunningDaemon:
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        rc = self.proc.wait(timeout)
+        self.close_notify()
+        return rc
 
     def kill(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-        return self.proc.wait(30)
+        rc = self.proc.wait(30)
+        self.close_notify()
+        return rc
+
+    def close_notify(self) -> None:
+        if self.notify is not None:
+            Path(self.notify.getsockname()).unlink(missing_ok=True)
+            self.notify.close()
+            self.notify = None
 
 
 def cli(*args: str, socket_path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -124,7 +150,7 @@ def cli(*args: str, socket_path: Path | None = None, env: Mapping[str, str] | No
 
 def start_daemon(config: Mapping[str, Any], *, state_dir: Path, extra_args: tuple[str, ...] = (),
                  env: Mapping[str, str] | None = None, expect_ready: bool = True,
-                 ) -> RunningDaemon:
+                 keep_notify: bool = False) -> RunningDaemon:
     config_path = state_dir.parent / f"{state_dir.name}.toml"
     config_path.write_text(dump_toml(config))
     notify_path = state_dir.parent / f"{state_dir.name}.notify"
@@ -144,8 +170,11 @@ def start_daemon(config: Mapping[str, Any], *, state_dir: Path, extra_args: tupl
         if expect_ready:
             _wait_ready(notify, proc, log_path)
     finally:
-        notify.close()
-        notify_path.unlink(missing_ok=True)
+        if keep_notify:
+            daemon.notify = notify
+        else:
+            notify.close()
+            notify_path.unlink(missing_ok=True)
     return daemon
 
 
@@ -169,5 +198,4 @@ def running(config: Mapping[str, Any], state_dir: Path, **kw: Any) -> Iterator[R
     try:
         yield daemon
     finally:
-        if daemon.proc.poll() is None:
-            daemon.stop()
+        daemon.stop()  # returns at once for one already stopped; closes its notify socket

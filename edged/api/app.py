@@ -12,7 +12,7 @@ from aiohttp import web
 
 from edged.api.keys import PEER
 from edged.api.peer import Role, RoleResolver, peer_credentials
-from edged.errors import EdgedError, Forbidden, QueueFull, Unavailable
+from edged.errors import EdgedError, Forbidden, PayloadTooLarge, QueueFull, Unavailable
 from edged.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ def _from_http_exception(e: web.HTTPException) -> web.Response:
     return resp
 
 
+def _check_length(request: web.Request, max_body: int) -> None:
+    """Refuse a declared oversized body before any handler runs, whatever the route; a
+    chunked body is still capped by ``client_max_size`` when a handler reads it."""
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise PayloadTooLarge(f"request body of {length} bytes is larger than the limit of "
+                              f"{max_body} bytes (daemon.max_body)")
+
+
 class ApiState:
     """What the middlewares share: the drain flag and the in-flight count."""
 
@@ -63,6 +72,15 @@ class ApiState:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
 
 
 def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
@@ -74,16 +92,15 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
         name = route.canonical if route is not None else "unmatched"
         started = time.perf_counter()
         status = 500
-        state.in_flight += 1
-        state.idle.clear()
+        state.enter()
+        metrics.in_flight.inc()
         try:
             resp = await handler(request)
             status = resp.status
             return resp
         finally:
-            state.in_flight -= 1
-            if state.in_flight == 0:
-                state.idle.set()
+            state.leave()
+            metrics.in_flight.dec()
             metrics.requests.labels(name, request.method, str(status)).inc()
             metrics.latency.labels(name, request.method).observe(time.perf_counter() - started)
 
@@ -92,6 +109,7 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
         try:
             if state.draining:
                 raise Unavailable("edged is shutting down", code="draining")
+            _check_length(request, max_body)
             return await handler(request)
         except EdgedError as e:
             if e.status >= 500 and not isinstance(e, Unavailable):

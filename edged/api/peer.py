@@ -51,8 +51,8 @@ def group_names(uid: int, gid: int) -> frozenset[str]:
 
 
 class RoleResolver:
-    """admin: root, the daemon's own uid, or a member of an admin group; client: a member of a
-    client group; anyone else: no role."""
+    """admin: root or a member of an admin group; client: a member of a client group or the
+    daemon's own uid; anyone else: no role (DESIGN.md, "Local API")."""
 
     def __init__(self, admin_groups: tuple[str, ...], client_groups: tuple[str, ...]) -> None:
         self._admin = frozenset(admin_groups)
@@ -61,9 +61,9 @@ class RoleResolver:
 
     def resolve(self, pid: int, uid: int, gid: int) -> Peer:
         groups = group_names(uid, gid)
-        if uid in (0, self._own_uid) or groups & self._admin:
+        if uid == 0 or groups & self._admin:
             role = Role.ADMIN
-        elif groups & self._client:
+        elif uid == self._own_uid or groups & self._client:
             role = Role.CLIENT
         else:
             role = Role.NONE

@@ -24,6 +24,7 @@ from edged.errors import EdgedError
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
+_CANCEL_AFTER_GRACE = 1.0
 
 
 class SocketInUse(EdgedError):
@@ -106,7 +107,10 @@ class ApiServer:
             raise RuntimeError("claim() the socket first")
         if self.app is None:
             raise RuntimeError("no application to serve")
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # drain() already gave in-flight requests the grace period; what is left when the
+        # runner closes gets cancelled at once rather than after aiohttp's own 60 s.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=_CANCEL_AFTER_GRACE)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("listening on %s", self._path if self._owns_file else "an inherited socket")
