@@ -29,6 +29,7 @@ from edged.notify import Notifier
 from edged.statelock import StateLock
 from edged.store import Schema, Store
 from edged.sync import outbox as sync_outbox
+from edged.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,13 @@ class Daemon:
         # -- audit (edged/audit): `audit`, an AuditSink
         # -- sync (edged/sync): `outbox`, an OutboxQueue; the uploader
         outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry)
-        wiring.health["sync"] = outbox.health
+        sync = await stack.enter_async_context(SyncService(
+            cfg.sync, outbox, device_id=cfg.daemon.device_id, keys_dir=cfg.daemon.keys_dir,
+            registry=self.metrics.registry, audit=None))
+        wiring.background.append(("sync", sync.run))
+        wiring.health["sync"] = sync.health
+        wiring.routes.append(sync)
+        wiring.status.append(sync.status_line)
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
         # -- agents (edged/agents): the agent runtime and its API routes
         # -- remote (edged/remote): config bundles, pull, apply and roll back

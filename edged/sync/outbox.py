@@ -183,11 +183,6 @@ class Outbox:
             f"checkpoints and events waiting for the cloud); {kind} {key!r} was refused",
             kind=kind, key=key)
 
-    def health(self) -> dict[str, Any]:
-        """What /health shows until the uploader reports more; degraded after a refusal."""
-        return {"queued": dict(self.usage.rows), "bytes": self.usage.total_bytes,
-                "max_bytes": self.max_bytes, "degraded": self.last_refused is not None}
-
     # -- reading and acknowledging (the uploader)
 
     async def batch(self, kind: str, max_rows: int, max_bytes: int) -> list[Row]:
