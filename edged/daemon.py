@@ -19,16 +19,22 @@ from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from edged.api.app import ApiState, RouteProvider, build_app
+from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
 from edged.api.system import HealthSource, SystemRoutes
+from edged.audit.api import AuditRoutes, RequestAuditor
+from edged.audit.log import AuditLog, DisabledAudit, open_audit
+from edged.audit.sink import AuditSink
 from edged.config import Config
 from edged.metrics import Metrics
 from edged.notify import Notifier
+from edged.remote.component import RemoteComponent
+from edged.remote.reload import ReloadTarget
 from edged.statelock import StateLock
 from edged.store import Schema, Store
 from edged.sync import outbox as sync_outbox
+from edged.sync.queue import OutboxQueue
 from edged.sync.service import SyncService
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,9 @@ class Wiring:
     health: dict[str, HealthSource] = field(default_factory=dict)
     routes: list[RouteProvider] = field(default_factory=list)
     status: list[Callable[[], str]] = field(default_factory=list)
+    on_request: RequestHook | None = None  # the audit record of each API request
+    # components that take a new config in place (a pushed config reloads them)
+    reloadable: list[ReloadTarget] = field(default_factory=list)
 
 
 class Daemon:
@@ -53,7 +62,7 @@ class Daemon:
 
     def schemas(self) -> list[Schema]:
         """Each component's tables, migrated at open."""
-        return [sync_outbox.SCHEMA]
+        return [sync_outbox.SCHEMA, RemoteComponent.schema]
 
     async def _build(self, stack: AsyncExitStack, store: Store) -> Wiring:
         """Every component, built with its config slice and its collaborators, in dependency
@@ -61,12 +70,16 @@ class Daemon:
         ``stack`` so they close in reverse."""
         cfg = self.config
         wiring = Wiring()
-        # -- audit (edged/audit): `audit`, an AuditSink
-        # -- sync (edged/sync): `outbox`, an OutboxQueue; the uploader
+        # -- audit (edged/audit): `audit`, an AuditSink. Its checkpoints queue in the outbox,
+        # so the outbox (which needs nothing else) is built first.
         outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry)
+        audit: AuditSink = DisabledAudit()
+        if cfg.audit.enabled:
+            audit = await self._open_audit(stack, wiring, outbox)
+        # -- sync (edged/sync): `outbox`, an OutboxQueue; the uploader
         sync = await stack.enter_async_context(SyncService(
             cfg.sync, outbox, device_id=cfg.daemon.device_id, keys_dir=cfg.daemon.keys_dir,
-            registry=self.metrics.registry, audit=None))
+            registry=self.metrics.registry, audit=audit))
         wiring.background.append(("sync", sync.run))
         wiring.health["sync"] = sync.health
         wiring.routes.append(sync)
@@ -74,8 +87,26 @@ class Daemon:
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
         # -- agents (edged/agents): the agent runtime and its API routes
         # -- remote (edged/remote): config bundles, pull, apply and roll back
+        remote = RemoteComponent(cfg, store, targets=wiring.reloadable, health=wiring.health,
+                                 audit=audit, outbox=outbox, inference=None)
+        wiring.background.append(("remote", remote.run))
+        wiring.health["remote"] = remote.health
+        wiring.routes.append(remote)
         del cfg
         return wiring
+
+    async def _open_audit(self, stack: AsyncExitStack, wiring: Wiring,
+                          outbox: OutboxQueue) -> AuditLog:
+        cfg = self.config
+        audit = await stack.enter_async_context(await open_audit(
+            cfg.audit, state_dir=cfg.daemon.state_dir, keys_dir=cfg.daemon.keys_dir,
+            device_id=cfg.daemon.device_id, outbox=outbox, registry=self.metrics.registry))
+        wiring.background.append(("audit-checkpoints", audit.run))
+        wiring.health["audit"] = audit.health
+        wiring.status.append(audit.status)
+        wiring.routes.append(AuditRoutes(audit))
+        wiring.on_request = RequestAuditor(audit, cfg.audit)
+        return audit
 
     async def serve(self) -> None:
         cfg = self.config
@@ -97,7 +128,7 @@ class Daemon:
                 server.app = build_app(
                     resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups),
                     metrics=self.metrics, max_body=cfg.daemon.max_body_bytes, state=state,
-                    providers=wiring.routes)
+                    providers=wiring.routes, on_request=wiring.on_request)
                 await self._run(server, wiring)
         log.info("edged stopped")
 

@@ -18,6 +18,8 @@ from edged.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Called once per request, before its response leaves: (request, status, seconds).
+RequestHook = Callable[[web.Request, int, float], Awaitable[None]]
 
 
 class RouteProvider(Protocol):
@@ -83,8 +85,21 @@ class ApiState:
             self.idle.set()
 
 
+async def _report(hook: RequestHook, request: web.Request, resp: web.StreamResponse,
+                  started: float) -> web.StreamResponse:
+    """Run the request hook (the audit record); if it fails, answer with its error rather
+    than as if the request had been recorded."""
+    try:
+        await hook(request, resp.status, time.perf_counter() - started)
+    except EdgedError as e:
+        log.error("%s %s: request hook failed: %s", request.method, request.path, e.message)
+        return resp if resp.prepared else error_response(e)
+    return resp
+
+
 def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
-              state: ApiState, providers: Iterable[RouteProvider]) -> web.Application:
+              state: ApiState, providers: Iterable[RouteProvider],
+              on_request: RequestHook | None = None) -> web.Application:
 
     @web.middleware
     async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -96,6 +111,8 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
         metrics.in_flight.inc()
         try:
             resp = await handler(request)
+            if on_request is not None:
+                resp = await _report(on_request, request, resp, started)
             status = resp.status
             return resp
         finally:

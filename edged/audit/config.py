@@ -14,6 +14,7 @@ class AuditConfig:
     checkpoint_every: int
     checkpoint_interval: float
     log_prompts: bool
+    create_keys: bool  # first start with no keys and no segments: make them
 
 
 def parse_audit(t: Table) -> AuditConfig:
@@ -23,6 +24,7 @@ def parse_audit(t: Table) -> AuditConfig:
         checkpoint_every=t.int("checkpoint_every", 1000, min=1),
         checkpoint_interval=t.duration("checkpoint_interval", 300.0),
         log_prompts=t.bool("log_prompts", False),
+        create_keys=t.bool("create_keys", True),
     )
     t.done()
     return cfg
