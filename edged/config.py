@@ -66,21 +66,16 @@ class Overrides:
 
 
 def _parse_daemon(t: Table, overrides: Overrides) -> DaemonConfig:
-    state_dir = overrides.state_dir or t.path("state_dir", Path("/var/lib/edged"))
-    socket = overrides.socket or t.path("socket", Path(state_dir) / "edged.sock")
-    t.path("state_dir", None)
-    t.path("socket", None)
-    mode_text = t.str("socket_mode", "0660")
-    try:
-        socket_mode = int(mode_text, 8)
-    except ValueError:
-        raise ConfigError(f"{t.key('socket_mode')}: {mode_text!r} is not an octal mode") from None
+    # Read every key even when overridden, so a typo or a bad value is still reported.
+    state_dir = Path(overrides.state_dir or t.path("state_dir", Path("/var/lib/edged")))
+    socket = Path(overrides.socket or t.path("socket", state_dir / "edged.sock"))
     cfg = DaemonConfig(
-        state_dir=Path(state_dir),
-        socket=Path(socket),
-        socket_mode=socket_mode,
-        keys_dir=t.path("keys_dir", Path(state_dir) / "keys")
-        if not overrides.state_dir else Path(state_dir) / "keys",
+        state_dir=state_dir,
+        socket=socket,
+        socket_mode=_octal_mode(t, "socket_mode", "0660"),
+        # An explicit keys_dir (say /etc/edged/keys) wins; otherwise keys live in the state
+        # folder, the one --state-dir names.
+        keys_dir=Path(t.path("keys_dir", None) or state_dir / "keys"),
         admin_groups=t.str_list("admin_groups", ("edged-admin",)),
         client_groups=t.str_list("client_groups", ("edged",)),
         max_body_bytes=t.size("max_body", 1024 * 1024),
@@ -88,11 +83,34 @@ def _parse_daemon(t: Table, overrides: Overrides) -> DaemonConfig:
         device_id=t.str("device_id", os.uname().nodename),
         device_tags=t.str_list("device_tags", ()),
     )
+    t.path("state_dir", None)
+    t.path("socket", None)
     t.done()
+    _check_daemon(t, cfg)
+    return cfg
+
+
+def _octal_mode(t: Table, name: str, default: str) -> int:
+    text = t.str(name, default)
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ConfigError(f"{t.key(name)}: {text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"{t.key(name)}: {text!r} is not a permission mode (0000-0777)")
+    return mode
+
+
+def _check_daemon(t: Table, cfg: DaemonConfig) -> None:
+    # sun_path holds 108 bytes with the terminating NUL.
     if len(os.fsencode(cfg.socket)) > 107:
         raise ConfigError(f"{t.key('socket')}: {str(cfg.socket)!r} is longer than the 107 bytes "
                           "a Unix socket path may have")
-    return cfg
+    if cfg.max_body_bytes < 1024:
+        raise ConfigError(f"{t.key('max_body')}: {cfg.max_body_bytes} bytes is too small "
+                          "(at least 1KiB)")
+    if not cfg.device_id.strip():
+        raise ConfigError(f"{t.key('device_id')}: must not be empty")
 
 
 def _parse_logging(t: Table) -> LoggingConfig:

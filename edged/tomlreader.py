@@ -7,6 +7,7 @@ a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,7 +187,8 @@ class Table:
         if value is None or isinstance(value, Path):
             return value
         p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
+        # normpath, not resolve(): "../var" reads better in logs, and symlinks stay as given.
+        return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
 
     def table(self, name: _Str, *, required: _Bool = False) -> Table:
         value = self._get(name, _MISSING if required else {})
