@@ -20,6 +20,7 @@ from edged import __version__
 from edged.client import ApiError, Client, DaemonUnreachable
 from edged.config import Config, Overrides, load_config
 from edged.errors import ConfigError, EdgedError
+from edged.remote.versions import load_active
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
@@ -58,7 +59,8 @@ def config_for(args: argparse.Namespace) -> Config:
         socket=Path(args.socket) if getattr(args, "socket", None) else None,
     )
     path = Path(args.config) if getattr(args, "config", None) else default_config_path()
-    return load_config(path, overrides)
+    # A pushed config (edged/remote), when one is active, replaces the local file's.
+    return load_active(load_config(path, overrides))
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
@@ -135,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
-    return []
+    from edged.remote import cli as remote_cli
+    from edged.sync import cli as sync_cli
+
+    return [remote_cli.register, remote_cli.register_keys, sync_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
