@@ -137,10 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
+    from edged import keys
+    from edged.audit import cli as audit_cli
     from edged.remote import cli as remote_cli
     from edged.sync import cli as sync_cli
 
-    return [remote_cli.register, remote_cli.register_keys, sync_cli.register]
+    # `keys` is one group; its verbs (init, rotate, fleet-init) are listed in edged/keys.py
+    return [remote_cli.register, keys.register, audit_cli.register, sync_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edged.errors import ConfigError
 from edged.tomlreader import Table
 
 
@@ -27,4 +28,9 @@ def parse_audit(t: Table) -> AuditConfig:
         create_keys=t.bool("create_keys", True),
     )
     t.done()
+    if cfg.checkpoint_interval <= 0:
+        raise ConfigError(f"{t.key('checkpoint_interval')}: must be longer than 0s")
+    if cfg.segment_bytes < 4096:
+        raise ConfigError(f"{t.key('segment_bytes')}: {cfg.segment_bytes} is below the "
+                          "minimum of 4096 bytes")
     return cfg
