@@ -53,11 +53,13 @@ def _read_number(path: Path) -> float | None:
 
 
 def _supplies(root: Path) -> list[tuple[str, Path]]:
+    """(type, folder) of each supply that powers the box: a wireless mouse's battery has
+    ``scope`` "Device" and must not put a kiosk into low_battery."""
     try:
         entries = sorted(root.iterdir())
     except OSError:
         return []
-    return [(_read(e / "type") or "", e) for e in entries]
+    return [(_read(e / "type") or "", e) for e in entries if _read(e / "scope") != "Device"]
 
 
 def _battery_percent(battery: Path) -> float | None:

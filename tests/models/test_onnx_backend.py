@@ -4,6 +4,8 @@ and checked numerically against numpy."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import unicodedata
 import zlib
 from pathlib import Path
@@ -229,3 +231,10 @@ def test_graph_without_a_text_contract_is_refused(tmp_path: Path) -> None:
 def test_empty_batch(models: Path) -> None:
     model = OnnxBackend().load(spec(models / "emb.onnx", "embedding"), models / "emb.onnx", 1)
     assert model.embed([]) == []
+
+
+def test_onnxruntime_is_imported_only_by_a_load() -> None:
+    code = ("import sys, edged.models.onnx_backend as b; b.OnnxBackend(); "
+            "print('onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

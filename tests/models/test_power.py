@@ -41,6 +41,7 @@ def box(tmp_path: Path) -> Path:
     ("sysfs_battery", PowerReading(True, 55.0, 45.5)),  # energy_now/energy_full beats capacity
     ("sysfs_ups_low", PowerReading(True, 12.0, 52.0)),  # no mains entry: the UPS status decides
     ("sysfs_hot", PowerReading(False, None, 91.0)),  # a broken zone's 4294 C is ignored
+    ("sysfs_mouse", PowerReading(False, None, None)),  # a peripheral's battery is not ours
 ])
 def test_reads_sysfs_like_psutil(fixture: str, expected: PowerReading) -> None:
     assert read_power(power_config(FIXTURES / fixture)) == expected
