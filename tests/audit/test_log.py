@@ -110,7 +110,7 @@ async def test_rotation_keeps_the_chain_and_old_records(tmp_path: Path) -> None:
     kinds = [e["kind"] for e in events(tmp_path)]
     assert kinds[:7] == ["daemon.start", *["test.event"] * 5, "daemon.stop"]
     assert kinds[7:] == ["audit.key_rotated", "daemon.start", "test.new_key", "daemon.stop"]
-    rotated = [e for e in events(tmp_path) if e["kind"] == "audit.key_rotated"][0]
+    rotated = next(e for e in events(tmp_path) if e["kind"] == "audit.key_rotated")
     assert rotated["data"] == {"from_key": f"{old:08x}", "to_key": f"{new:08x}"}
     key_ids = {f.key_id for _, f in frames(tmp_path)}
     assert key_ids == {old, new}

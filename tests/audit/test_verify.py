@@ -53,7 +53,7 @@ def test_intact_log_verifies(state: Path) -> None:
 
 
 def test_bit_flip(state: Path) -> None:
-    path, start, end = frame_of(state, 37)
+    path, _start, end = frame_of(state, 37)
     data = bytearray(path.read_bytes())
     data[end - 20] ^= 0x04
     path.write_bytes(bytes(data))
