@@ -45,14 +45,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     pull.set_defaults(handler=_cmd_pull)
 
 
-def register_keys(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The ``keys`` group, until the audit package's own group takes ``add_fleet_init``."""
-    keys = sub.add_parser("keys", parents=[common], help="key management")
-    verbs = keys.add_subparsers(dest="keys_command", metavar="VERB")
-    verbs.required = True
-    add_fleet_init(verbs, common)
-
-
 def add_fleet_init(verbs: Any, common: argparse.ArgumentParser) -> None:
     init = verbs.add_parser("fleet-init", parents=[common],
                             help="make a fleet signing key pair (operator side)")
