@@ -121,7 +121,7 @@ def test_every_bad_bundle_is_refused_with_a_reason_and_nothing_changes(box: Box)
     v = before["highest"] + 1
     files = sorted(p.name for p in (box.state / "config").iterdir())
     for name, (raw, code, where) in _refusals(box, v).items():
-        with pytest.raises(ApiError, match=".") as err:
+        with pytest.raises(ApiError) as err:
             box.push(raw)
             pytest.fail(f"{name}: accepted")
         assert err.value.code == code, (name, err.value.message)
