@@ -149,3 +149,20 @@ class RecordingAudit:
     async def append(self, kind: str, actor: str, data: Mapping[str, Any]) -> int:
         self.events.append((kind, actor, dict(data)))
         return len(self.events)
+
+
+def test_daemon_shows_the_profile_and_the_cgroup_budget(edged: Any) -> None:
+    """The real daemon on a battery-powered box in a 512 MiB cgroup: the profile is in
+    /health and /metrics from READY on, and the budget is cut to the cgroup limit."""
+    sysfs = FIXTURES / "sysfs_battery"
+    d = edged({"budget": {"memory": "2GiB"},
+               "power": {"power_supply_root": str(sysfs / "power_supply"),
+                         "thermal_root": str(sysfs / "thermal"),
+                         "cgroup_root": str(FIXTURES / "cgroup_container")}})
+    assert d.client.get("/health")["power"] == {
+        "profile": "battery", "on_battery": True, "battery_percent": 55.0,
+        "temperature_c": 45.5}
+    assert 'edged_power_profile{profile="battery"} 1.0' in d.client.get("/metrics")
+    ps = d.client.get("/admin/ps")
+    assert ps["profile"] == "battery"
+    assert ps["budget_bytes"] == 512 * 1024 * 1024
