@@ -139,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
     from edged import keys
     from edged.audit import cli as audit_cli
+    from edged.models import cli as models_cli
     from edged.remote import cli as remote_cli
     from edged.sync import cli as sync_cli
 
     # `keys` is one group; its verbs (init, rotate, fleet-init) are listed in edged/keys.py
-    return [remote_cli.register, keys.register, audit_cli.register, sync_cli.register]
+    return [remote_cli.register, keys.register, audit_cli.register, sync_cli.register,
+            models_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,13 @@ from edged.audit.log import AuditLog, DisabledAudit, open_audit
 from edged.audit.sink import AuditSink
 from edged.config import Config
 from edged.metrics import Metrics
+from edged.models.api import ModelRoutes
+from edged.models.catalog import Catalog
+from edged.models.llama_backend import LlamaBackend
+from edged.models.manager import ModelManager
+from edged.models.memory import budget_bytes, read_memory_facts
+from edged.models.onnx_backend import OnnxBackend
+from edged.models.power import PowerMonitor
 from edged.notify import Notifier
 from edged.remote.component import RemoteComponent
 from edged.remote.reload import ReloadTarget
@@ -84,16 +91,35 @@ class Daemon:
         wiring.health["sync"] = sync.health
         wiring.routes.append(sync)
         wiring.status.append(sync.status_line)
+        wiring.health["store"] = store.health  # a corrupt database moved aside (edged/salvage.py)
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
+        models = await self._build_models(wiring, audit)
         # -- agents (edged/agents): the agent runtime and its API routes
         # -- remote (edged/remote): config bundles, pull, apply and roll back
         remote = RemoteComponent(cfg, store, targets=wiring.reloadable, health=wiring.health,
-                                 audit=audit, outbox=outbox, inference=None)
+                                 audit=audit, outbox=outbox, inference=models)
         wiring.background.append(("remote", remote.run))
         wiring.health["remote"] = remote.health
         wiring.routes.append(remote)
         del cfg
         return wiring
+
+    async def _build_models(self, wiring: Wiring, audit: AuditSink) -> ModelManager:
+        cfg = self.config.models
+        power = PowerMonitor(cfg.power, self.metrics.registry, audit)
+        await power.refresh()  # the first load and /health at READY already see the profile
+        facts = await asyncio.to_thread(read_memory_facts, cfg.power.cgroup_root)
+        models = ModelManager(
+            cfg, catalog=Catalog(cfg),
+            backends={"gguf": LlamaBackend(), "onnx": OnnxBackend()},
+            registry=self.metrics.registry, budget_bytes=budget_bytes(cfg.budget, facts),
+            audit=audit, power=power)
+        wiring.background += [("power", power.run), ("models", models.run)]
+        wiring.health["models"] = models.health
+        wiring.health["power"] = power.health
+        wiring.routes.append(ModelRoutes(models))
+        wiring.status.append(models.status_line)
+        return models
 
     async def _open_audit(self, stack: AsyncExitStack, wiring: Wiring,
                           outbox: OutboxQueue) -> AuditLog:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged.errors import ConfigError
+from edged.models.chat_format import FORMATS
 from edged.tomlreader import Table
 
 PROFILE_NAMES = ("ac", "battery", "low_battery", "hot")
@@ -110,7 +111,7 @@ def _parse_spec(alias: str, t: Table) -> ModelSpec:
         alias=alias, format=fmt, path=path, package=package, sha256=sha,
         context=t.int("context", 2048, min=128, max=1 << 20),
         threads=t.int("threads", None, min=1, max=256),
-        chat_format=t.str("chat_format", "gemma"),
+        chat_format=t.choice("chat_format", tuple(FORMATS), "gemma-base"),
         variants=t.str_list("variants", ()),
         embedding=t.bool("embedding", True),
         kind=t.choice("kind", ("chat", "embedding", "classifier"), "chat"),

@@ -1,0 +1,243 @@
+"""The OpenAI-compatible routes and the model admin routes.
+
+Streams are Server-Sent Events. Admission, loading and queueing happen before the response
+starts, so a 404, 429 or 503 is an ordinary JSON error; once streaming, a client that goes
+away makes the next write fail, which closes the token stream and frees the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import struct
+import time
+from typing import Any
+
+from aiohttp import web
+
+from edged.api.body import json_object
+from edged.errors import BadRequest, EdgedError
+from edged.models import structured
+from edged.models.contract import Generation
+from edged.models.manager import ModelManager, TokenStream
+from edged.models.requests import (
+    ChatRequest,
+    dumps,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_PS_WAIT = 60.0
+
+
+def _usage(gen: Generation) -> dict[str, int]:
+    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+
+
+def _finish(reason: str) -> str:
+    return "stop" if reason == "cancelled" else reason
+
+
+def _chat_message(req: ChatRequest, gen: Generation) -> tuple[dict[str, Any], str]:
+    if req.tool_mode != "none":
+        call = structured.parse_tool_call(gen.text, req.tools)
+        if call is not None:
+            return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+    return {"role": "assistant", "content": gen.text}, _finish(gen.finish_reason)
+
+
+class ModelRoutes:
+    def __init__(self, manager: ModelManager) -> None:
+        self._models = manager
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/v1/models", self.list_models)
+        r.add_post("/v1/chat/completions", self.chat)
+        r.add_post("/v1/completions", self.completions)
+        r.add_post("/v1/embeddings", self.embeddings)
+        r.add_get("/admin/ps", self.ps)
+        r.add_post("/admin/models/{alias}/load", self.load)
+        r.add_post("/admin/models/{alias}/unload", self.unload)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": await self._models.catalog_view()})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req = parse_chat(await json_object(request))
+        ident = f"chatcmpl-{secrets.token_hex(12)}"
+        if req.stream and req.tool_mode == "none":
+            stream = self._models.stream_chat(req.model, req.messages, req.params)
+            return await _sse(request, stream, _ChatChunks(ident, req))
+        gen = await self._models.chat(req.model, req.messages, req.params)
+        message, finish = _chat_message(req, gen)
+        if req.stream:  # a tool call is streamed whole, as one delta
+            return await _sse_whole(request, _ChatChunks(ident, req), message, finish, gen)
+        return web.json_response({
+            "id": ident, "object": "chat.completion", "created": int(time.time()),
+            "model": req.model, "usage": _usage(gen),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        })
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_completion(await json_object(request))
+        ident = f"cmpl-{secrets.token_hex(12)}"
+        if req.stream:
+            stream = self._models.stream(req.model, req.prompt, req.params)
+            return await _sse(request, stream, _CompletionChunks(ident, req.model))
+        gen = await self._models.complete(req.model, req.prompt, req.params)
+        return web.json_response({
+            "id": ident, "object": "text_completion", "created": int(time.time()),
+            "model": req.model, "usage": _usage(gen),
+            "choices": [{"index": 0, "text": gen.text, "logprobs": None,
+                         "finish_reason": _finish(gen.finish_reason)}],
+        })
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        req = parse_embedding(await json_object(request))
+        vectors = await self._models.embed(req.model, req.texts)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _b64(v) if req.base64 else v} for i, v in enumerate(vectors)]
+        return web.json_response({"object": "list", "data": data, "model": req.model,
+                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+    async def ps(self, request: web.Request) -> web.Response:
+        """``?generation=N&wait=S`` long-polls until the loaded set changes past N."""
+        generation = _query_number(request, "generation")
+        wait = min(_query_number(request, "wait") or 0.0, MAX_PS_WAIT)
+        if generation is not None and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._models.wait_change(int(generation))
+        return web.json_response(self._models.ps())
+
+    async def load(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        pin = body.get("pin", False)
+        if not isinstance(pin, bool):
+            raise BadRequest(f"pin: expected true or false, got {pin!r}")
+        return web.json_response(await self._models.load(request.match_info["alias"], pin=pin))
+
+    async def unload(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._models.unload(request.match_info["alias"]))
+
+
+def _query_number(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: {raw!r} is not a number") from None
+    if value < 0:
+        raise BadRequest(f"{name}: must not be negative")
+    return value
+
+
+def _b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class _ChatChunks:
+    def __init__(self, ident: str, req: ChatRequest) -> None:
+        self._ident = ident
+        self._req = req
+        self._created = int(time.time())
+        self._first = True
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"id": self._ident, "object": "chat.completion.chunk", "created": self._created,
+                "model": self._req.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def piece(self, text: str) -> dict[str, Any]:
+        delta: dict[str, Any] = {"content": text}
+        if self._first:
+            delta["role"] = "assistant"
+            self._first = False
+        return self._chunk(delta, None)
+
+    def end(self, gen: Generation | None, finish: str | None = None) -> list[dict[str, Any]]:
+        chunks = [self._chunk({}, finish or _finish(gen.finish_reason if gen else "stop"))]
+        if self._req.include_usage and gen is not None:
+            chunks.append({**self._chunk({}, None), "choices": [], "usage": _usage(gen)})
+        return chunks
+
+
+class _CompletionChunks:
+    def __init__(self, ident: str, model: str) -> None:
+        self._ident = ident
+        self._model = model
+        self._created = int(time.time())
+
+    def _chunk(self, text: str, finish: str | None) -> dict[str, Any]:
+        return {"id": self._ident, "object": "text_completion", "created": self._created,
+                "model": self._model,
+                "choices": [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": finish}]}
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return self._chunk(text, None)
+
+    def end(self, gen: Generation | None, finish: str | None = None) -> list[dict[str, Any]]:
+        return [self._chunk("", finish or _finish(gen.finish_reason if gen else "stop"))]
+
+
+async def _start_sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    return resp
+
+
+async def _send(resp: web.StreamResponse, data: Any) -> None:
+    payload = data if isinstance(data, str) else dumps(data)
+    await resp.write(f"data: {payload}\n\n".encode())
+
+
+async def _sse(request: web.Request, stream: TokenStream,
+               chunks: _ChatChunks | _CompletionChunks) -> web.StreamResponse:
+    """Stream pieces as SSE. The first piece is awaited before the response starts, so
+    refusals (404/429/503) and bad prompts still get a proper status."""
+    try:
+        first = await anext(stream, None)
+    except BaseException:
+        await stream.aclose()
+        raise
+    resp = await _start_sse(request)
+    try:
+        if first is not None:
+            await _send(resp, chunks.piece(first))
+        async for piece in stream:
+            await _send(resp, chunks.piece(piece))
+        for chunk in chunks.end(stream.result):
+            await _send(resp, chunk)
+        await _send(resp, "[DONE]")
+    except ConnectionResetError:
+        log.info("%s: client went away mid-stream; generation stopped", request.path)
+    except EdgedError as e:  # failed after the stream started: say so in the stream
+        await _send(resp, e.envelope())
+    finally:
+        await stream.aclose()
+    return resp
+
+
+async def _sse_whole(request: web.Request, chunks: _ChatChunks, message: dict[str, Any],
+                     finish: str, gen: Generation) -> web.StreamResponse:
+    resp = await _start_sse(request)
+    delta = dict(message)
+    if delta.get("tool_calls"):
+        delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(delta["tool_calls"])]
+    await _send(resp, chunks._chunk(delta, None))
+    for chunk in chunks.end(gen, finish):
+        await _send(resp, chunk)
+    await _send(resp, "[DONE]")
+    return resp

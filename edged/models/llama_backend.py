@@ -1,0 +1,149 @@
+"""GGUF models through llama-cpp-python.
+
+``llama_cpp`` is imported lazily: importing it maps the native library (tens of MiB), which
+an ONNX-only box or a plain ``edged status`` should not pay for.
+
+A model with ``embedding = true`` gets a second, small context for embeddings (mean
+pooling). It maps the same file, so the weights are shared; on its own context the
+generation context would have to keep logits for every prompt token (n_vocab x n_batch
+floats, 512 MiB for Gemma's 262k vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edged.errors import BadRequest, IntegrityError
+from edged.models.backend import TokenSink
+from edged.models.chat_format import FORMATS
+from edged.models.config import ModelSpec
+from edged.models.contract import GenerateParams, Generation
+from edged.models.gguf_meta import GgufInfo, context_bytes, read_gguf
+
+log = logging.getLogger(__name__)
+
+EMBED_CTX = 512
+EMBED_BATCH = 128
+
+
+class LlamaBackend:
+    format = "gguf"
+
+    def __init__(self) -> None:
+        self._infos: dict[tuple[Path, int, int], GgufInfo] = {}
+        self._lock = threading.Lock()
+
+    def info(self, path: Path) -> GgufInfo:
+        """Blocking; cached per (path, size, mtime)."""
+        st = path.stat()
+        key = (path, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._infos.get(key)
+        if cached is None:
+            cached = read_gguf(path)
+            with self._lock:
+                self._infos[key] = cached
+        return cached
+
+    def shared_bytes(self, path: Path) -> int:
+        """The mmapped weights: paid once per file however many contexts map it."""
+        return self.info(path).weights_bytes
+
+    def estimate(self, spec: ModelSpec, path: Path, threads: int) -> int:
+        """Bytes this alias adds on top of its file's (shared) weights."""
+        info = self.info(path)
+        extra = context_bytes(info, EMBED_CTX) if spec.embedding else 0
+        return context_bytes(info, spec.context) + extra
+
+    def load(self, spec: ModelSpec, path: Path, threads: int) -> LoadedLlama:
+        info = self.info(path)  # a corrupt header fails here, with a clear message
+        import llama_cpp
+
+        def open_context(**kw: Any) -> Any:
+            try:
+                return llama_cpp.Llama(str(path), n_threads=threads, n_threads_batch=threads,
+                                       verbose=False, **kw)
+            except ValueError as e:
+                raise IntegrityError(f"models.{spec.alias}: llama.cpp cannot load {path}: {e}",
+                                     code="corrupt_model") from None
+
+        llm = open_context(n_ctx=spec.context)
+        emb = None
+        if spec.embedding:
+            emb = open_context(n_ctx=EMBED_CTX, n_batch=EMBED_BATCH, n_ubatch=EMBED_BATCH,
+                               embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        log.debug("loaded %s (%s, %d layers)", spec.alias, info.architecture, info.n_layer)
+        return LoadedLlama(spec, llm, emb)
+
+
+class LoadedLlama:
+    def __init__(self, spec: ModelSpec, llm: Any, emb: Any | None) -> None:
+        self._spec = spec
+        self._llm = llm
+        self._emb = emb
+        self._format = FORMATS[spec.chat_format]
+        self._grammars: dict[str, Any] = {}
+
+    def generate(self, prompt: str | Sequence[dict[str, Any]], params: GenerateParams,
+                 on_token: TokenSink | None) -> Generation:
+        stops = list(params.stop)
+        if not isinstance(prompt, str):
+            prompt = self._format.render(prompt)
+            stops += [s for s in self._format.stops if s not in stops]
+        n_prompt = len(self._llm.tokenize(prompt.encode(), add_bos=True, special=True))
+        if n_prompt >= self._spec.context:
+            raise BadRequest(f"the prompt is {n_prompt} tokens; model {self._spec.alias!r} has "
+                             f"a context of {self._spec.context}", code="context_length_exceeded")
+        pieces: list[str] = []
+        finish = "length"
+        for chunk in self._llm.create_completion(
+                prompt, max_tokens=params.max_tokens, temperature=params.temperature,
+                top_p=params.top_p, stop=stops or None, seed=params.seed, stream=True,
+                grammar=self._grammar(params.grammar)):
+            choice = chunk["choices"][0]
+            piece = choice["text"]
+            if piece:
+                pieces.append(piece)
+                if on_token is not None and not on_token(piece):
+                    finish = "cancelled"
+                    break
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+        return Generation(text="".join(pieces), finish_reason=finish, prompt_tokens=n_prompt,
+                          completion_tokens=len(pieces))
+
+    def _grammar(self, gbnf: str | None) -> Any:
+        if gbnf is None:
+            return None
+        grammar = self._grammars.get(gbnf)
+        if grammar is None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+            try:
+                grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+            except ValueError as e:
+                raise BadRequest(f"grammar: not a valid GBNF grammar: {e}",
+                                 code="invalid_grammar") from None
+            self._grammars[gbnf] = grammar
+        return grammar
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self._emb is None:
+            raise BadRequest(f"model {self._spec.alias!r} has no embeddings (set models."
+                             f"{self._spec.alias}.embedding = true)", code="no_embeddings")
+        vectors = self._emb.embed(list(texts), normalize=True)
+        return [list(map(float, v)) for v in vectors]
+
+    def classify(self, texts: Sequence[str]) -> list[list[float]]:
+        raise BadRequest(f"model {self._spec.alias!r} is a generative model, not a classifier",
+                         code="not_a_classifier")
+
+    def close(self) -> None:
+        for ctx in (self._emb, self._llm):
+            if ctx is not None:
+                ctx.close()
+        self._emb = None
+        self._grammars.clear()

@@ -1,0 +1,620 @@
+"""The model manager: loads models on demand under the memory budget, runs each on its
+own worker thread, queues requests with priorities and deadlines, unloads idle ones.
+
+Making room follows DESIGN: evict idle (nothing in flight), unpinned models, least
+recently used first; if that is not enough, wait (up to the request's deadline) for a
+model to go idle, then refuse with 503 saying what was needed and what was free. Loads run
+one at a time, so each load's real cost (PSS delta) can be measured and used instead of
+the estimate next time. Idle unloads run on timers, never on a polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from edged.audit.sink import AuditSink
+from edged.errors import BadRequest, Conflict, QueueFull, Unavailable
+from edged.models.backend import Backend, LoadedModel, TokenSink
+from edged.models.budget import Ledger, mib
+from edged.models.catalog import Catalog
+from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
+from edged.models.contract import GenerateParams, Generation
+from edged.models.memory import LoadMeter, trim_heap
+from edged.models.metrics import ModelMetrics
+from edged.models.power import PowerMonitor
+from edged.models.worker import Worker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Prompt = str | Sequence[dict[str, Any]]
+_NO_PROFILE = ProfileConfig(threads=None, idle_unload=None, max_loaded=None,
+                            prefer_smaller=False)
+
+
+@dataclass
+class _Slot:
+    spec: ModelSpec
+    state: str = "unloaded"  # unloaded | loading | loaded | unloading
+    worker: Worker | None = None
+    transition: asyncio.Future[None] | None = None
+    pinned: bool = False
+    active: int = 0  # requests waiting for or running on this model
+    last_used: float = 0.0
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+    estimated: int = 0
+    measured: int | None = None
+    threads: int = 0
+    avg_seconds: float = 1.0  # moving average of a request's run time, for Retry-After
+    idle_timer: asyncio.TimerHandle | None = None
+
+
+class TokenStream:
+    """Text pieces as they are generated; ``result`` holds the ``Generation`` once the
+    stream is exhausted. ``aclose()`` stops the generation and frees the worker."""
+
+    def __init__(self, source: Callable[[TokenStream], AsyncGenerator[str, None]]) -> None:
+        self.result: Generation | None = None
+        self._agen = source(self)
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._agen.aclose()
+
+
+class ModelManager:
+    """Implements ``edged.models.contract.Inference``."""
+
+    def __init__(self, cfg: ModelsConfig, *, catalog: Catalog, backends: Mapping[str, Backend],
+                 registry: CollectorRegistry, budget_bytes: int,
+                 audit: AuditSink | None = None, power: PowerMonitor | None = None) -> None:
+        self._cfg = cfg
+        self._catalog = catalog
+        self._backends = backends
+        self._audit = audit
+        self._power = power
+        self._metrics = ModelMetrics(registry)
+        self._slots = {alias: _Slot(spec) for alias, spec in cfg.catalog.items()}
+        self._ledger = Ledger(budget_bytes)
+        self._learned: dict[str, int] = {}  # alias -> measured own bytes of its last load
+        self._room = asyncio.Lock()  # one load (and its room-making) at a time
+        self._changed = asyncio.Event()  # a model went idle, was unloaded or unpinned
+        self._generation = 0  # counts changes of the loaded set, for /admin/ps?wait
+        self._moved = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._show_budget()
+
+    # -- Inference -------------------------------------------------------------------
+
+    def aliases(self) -> Sequence[str]:
+        return list(self._slots)
+
+    async def chat(self, alias: str, messages: Sequence[dict[str, Any]],
+                   params: GenerateParams) -> Generation:
+        return await self.generate(alias, list(messages), params)
+
+    def stream_chat(self, alias: str, messages: Sequence[dict[str, Any]],
+                    params: GenerateParams) -> TokenStream:
+        return self.stream(alias, list(messages), params)
+
+    async def complete(self, alias: str, prompt: str, params: GenerateParams) -> Generation:
+        return await self.generate(alias, prompt, params)
+
+    async def embed(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
+        items = list(texts)
+        return await self._call(alias, GenerateParams(),
+                                lambda _cancel: lambda m: m.embed(items))
+
+    async def classify(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
+        items = list(texts)
+        return await self._call(alias, GenerateParams(),
+                                lambda _cancel: lambda m: m.classify(items))
+
+    async def generate(self, alias: str, prompt: Prompt, params: GenerateParams) -> Generation:
+        """A string prompt is raw completion; a list of messages gets the chat format."""
+        return await self._call(
+            alias, params, lambda cancel: self._generate_job(alias, prompt, params, None, cancel))
+
+    def stream(self, alias: str, prompt: Prompt, params: GenerateParams) -> TokenStream:
+        return TokenStream(lambda out: self._pieces(alias, prompt, params, out))
+
+    # -- admin -----------------------------------------------------------------------
+
+    async def load(self, alias: str, *, pin: bool = False) -> dict[str, Any]:
+        async with self._use(alias, GenerateParams()) as (slot, _deadline):
+            if pin:
+                slot.pinned = True
+            self._bump()
+        await self._audit_event("model.pin" if pin else "model.load.request",
+                                {"model": alias, "pinned": slot.pinned})
+        return self._describe(slot)
+
+    async def unload(self, alias: str) -> dict[str, Any]:
+        slot = self._slot(alias)
+        slot.pinned = False
+        if slot.state == "unloaded":
+            return self._describe(slot)
+        if slot.active:
+            raise Conflict(f"model {alias!r} has {slot.active} requests in flight; it will "
+                           "unload when idle", code="model_busy")
+        if slot.transition is not None:
+            await asyncio.shield(slot.transition)
+        await self._unload(slot, "admin")
+        return self._describe(slot)
+
+    def ps(self) -> dict[str, Any]:
+        loaded = [self._describe(s) for s in self._slots.values() if s.state != "unloaded"]
+        return {"models": loaded, "generation": self._generation, **self._budget_view()}
+
+    async def wait_change(self, generation: int) -> None:
+        """Return once the loaded set moved past ``generation``."""
+        while self._generation == generation:
+            await self._moved.wait()
+
+    async def catalog_view(self) -> list[dict[str, Any]]:
+        return [await self._catalog_item(s) for s in self._slots.values()]
+
+    def health(self) -> dict[str, Any]:
+        loaded = sorted(a for a, s in self._slots.items() if s.state == "loaded")
+        return {"loaded": loaded, "profile": self._profile_name(), **self._budget_view()}
+
+    def status_line(self) -> str:
+        loaded = [a for a, s in self._slots.items() if s.state == "loaded"]
+        return f"models: {', '.join(loaded) or 'none loaded'}"
+
+    async def run(self) -> None:
+        """Keep power-profile changes flowing into the idle timers; unload all at shutdown."""
+        unsubscribe = self._power.subscribe(self._on_profile) if self._power else None
+        try:
+            await asyncio.Future()
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+            await self._unload_all()
+
+    # -- requests --------------------------------------------------------------------
+
+    async def _call(self, alias: str, params: GenerateParams,
+                    make: Callable[[threading.Event], Callable[[LoadedModel], T]]) -> T:
+        async with self._use(alias, params) as (slot, deadline):
+            assert slot.worker is not None
+            cancel = threading.Event()
+            job = slot.worker.submit(self._timed(slot, make(cancel)), params.priority,
+                                     deadline, cancel)
+            try:
+                return await job.future
+            finally:
+                cancel.set()  # a request whose caller went away stops at the next token
+
+    async def _pieces(self, alias: str, prompt: Prompt, params: GenerateParams,
+                      out: TokenStream) -> AsyncGenerator[str, None]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def sink(piece: str) -> bool:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            return True
+
+        async with self._use(alias, params) as (slot, deadline):
+            assert slot.worker is not None
+            cancel = threading.Event()
+            job = slot.worker.submit(
+                self._timed(slot, self._generate_job(alias, prompt, params, sink, cancel)),
+                params.priority, deadline, cancel)
+            # Scheduled after every piece the worker queued, so it marks the end.
+            job.future.add_done_callback(lambda _f: pieces.put_nowait(None))
+            try:
+                while (piece := await pieces.get()) is not None:
+                    yield piece
+                out.result = job.future.result()
+            finally:
+                cancel.set()
+                if not job.future.done():
+                    await asyncio.wait([job.future])
+
+    def _generate_job(self, alias: str, prompt: Prompt, params: GenerateParams,
+                      sink: TokenSink | None, cancel: threading.Event
+                      ) -> Callable[[LoadedModel], Generation]:
+        metrics = self._metrics
+
+        def job(model: LoadedModel) -> Generation:
+            started = time.perf_counter()
+            first: list[float] = []
+
+            def on_token(piece: str) -> bool:
+                if not first:
+                    first.append(time.perf_counter())
+                if cancel.is_set():
+                    return False
+                return sink(piece) if sink is not None else True
+
+            gen = model.generate(prompt, params, on_token)
+            if first:
+                metrics.ttft.labels(alias).observe(first[0] - started)
+                decode = time.perf_counter() - first[0]
+                if gen.completion_tokens > 1 and decode > 0:
+                    metrics.tokens_per_second.labels(alias).observe(
+                        (gen.completion_tokens - 1) / decode)
+            metrics.tokens.labels(alias).inc(gen.completion_tokens)
+            return gen
+        return job
+
+    def _timed(self, slot: _Slot, fn: Callable[[LoadedModel], T]) -> Callable[[LoadedModel], T]:
+        def run(model: LoadedModel) -> T:
+            started = time.perf_counter()
+            try:
+                return fn(model)
+            finally:
+                slot.avg_seconds = 0.8 * slot.avg_seconds + 0.2 * (time.perf_counter() - started)
+        return run
+
+    @asynccontextmanager
+    async def _use(self, alias: str, params: GenerateParams
+                   ) -> AsyncIterator[tuple[_Slot, float]]:
+        """Admit a request (or refuse it: queue full), load its model, keep it busy."""
+        slot = self._slot(self._route(alias))
+        loop = asyncio.get_running_loop()
+        self._admit(slot)
+        deadline = (params.deadline if params.deadline is not None
+                    else loop.time() + self._cfg.budget.request_timeout)
+        slot.active += 1
+        self._cancel_idle(slot)
+        self._metrics.queue_depth.labels(slot.spec.alias).set(slot.active)
+        try:
+            await self._ensure_loaded(slot, deadline)
+            yield slot, deadline
+        finally:
+            slot.active -= 1
+            slot.last_used = loop.time()
+            self._metrics.queue_depth.labels(slot.spec.alias).set(slot.active)
+            if slot.active == 0:
+                self._went_idle(slot)
+
+    def _admit(self, slot: _Slot) -> None:
+        waiting = max(0, slot.active - 1)  # one request runs; the rest wait
+        if waiting < self._cfg.budget.queue_size:
+            return
+        alias = slot.spec.alias
+        self._metrics.refusals.labels(alias, "queue_full").inc()
+        raise QueueFull(f"model {alias!r} has {waiting} requests waiting "
+                        f"(budget.queue_size = {self._cfg.budget.queue_size}); retry later",
+                        retry_after=max(1.0, slot.avg_seconds * slot.active))
+
+    def _slot(self, alias: str) -> _Slot:
+        spec = self._catalog.spec(alias)  # 404 naming the known aliases
+        return self._slots[spec.alias]
+
+    def _route(self, alias: str) -> str:
+        """Under a profile that prefers smaller variants, serve the first variant."""
+        spec = self._catalog.spec(alias)
+        if spec.variants and self._settings().prefer_smaller:
+            return spec.variants[0]
+        return alias
+
+    # -- loading and making room ---------------------------------------------------------
+
+    async def _ensure_loaded(self, slot: _Slot, deadline: float) -> None:
+        while slot.state != "loaded":
+            if slot.transition is not None:
+                # Someone else is loading or unloading it; a failed load is retried (and
+                # fails the same way, with its own clear error) by each waiter.
+                await asyncio.shield(slot.transition)
+                continue
+            await self._load(slot, deadline)
+
+    async def _load(self, slot: _Slot, deadline: float) -> None:
+        async with self._room:
+            if slot.state != "unloaded":
+                return
+            slot.state = "loading"
+            slot.transition = asyncio.get_running_loop().create_future()
+            try:
+                await self._load_locked(slot, deadline)
+            except BaseException:
+                self._ledger.release(slot.spec.alias)
+                slot.state = "unloaded"
+                raise
+            finally:
+                slot.transition.set_result(None)
+                slot.transition = None
+                self._bump()
+                self._show_budget()
+
+    async def _load_locked(self, slot: _Slot, deadline: float) -> None:
+        spec = slot.spec
+        path = await self._catalog.resolve(spec)
+        backend = self._backend(spec)
+        threads = self._threads(spec)
+        own_est, shared = await asyncio.to_thread(_estimate, backend, spec, path, threads)
+        own = self._learned.get(spec.alias, own_est)
+        slot.estimated = own_est + shared
+        await self._make_room(slot, path, own, shared, deadline)
+        newly_mapped = self._ledger.need(path, own, shared) > own
+        self._ledger.charge(spec.alias, path, own, shared)
+        self._show_budget()
+        worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec))
+        started = time.perf_counter()
+        _model, delta = await worker.start(lambda: _measured_load(backend, spec, path, threads),
+                                           _close)
+        self._loaded(slot, worker, threads, time.perf_counter() - started)
+        self._learn(slot, delta - (shared if newly_mapped else 0))
+        await self._audit_event("model.load", {
+            "model": spec.alias, "bytes": self._ledger.cost_of(spec.alias),
+            "estimated_bytes": slot.estimated, "seconds": round(slot.load_seconds, 3),
+            "threads": threads, "profile": self._profile_name()})
+
+    def _loaded(self, slot: _Slot, worker: Worker, threads: int, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        slot.worker = worker
+        slot.state = "loaded"
+        slot.threads = threads
+        slot.load_seconds = seconds
+        slot.loaded_at = slot.last_used = loop.time()
+        self._metrics.load_seconds.labels(slot.spec.alias).observe(seconds)
+        self._metrics.loaded.labels(slot.spec.alias).set(1)
+        log.info("loaded %s in %.2fs (%d threads)", slot.spec.alias, seconds, threads)
+
+    def _learn(self, slot: _Slot, measured_own: int) -> None:
+        """Charge what the load really added; remember it for the next load's estimate."""
+        alias = slot.spec.alias
+        if measured_own <= 0:  # noise from a concurrent free: keep the estimate
+            return
+        slot.measured = measured_own
+        self._learned[alias] = measured_own
+        self._ledger.correct(alias, measured_own)
+        if self._ledger.free() < 0:
+            log.warning("model %s cost %s more than estimated; the budget is over by %s until "
+                        "the next eviction", alias, mib(measured_own), mib(-self._ledger.free()))
+        self._show_budget()
+
+    async def _make_room(self, slot: _Slot, path: Path, own: int, shared: int,
+                         deadline: float) -> None:
+        if own + shared > self._ledger.total:
+            await self._refuse(slot, own + shared, "model_too_large",
+                               f"model {slot.spec.alias!r} needs {mib(own + shared)}, more "
+                               f"than the whole budget of {mib(self._ledger.total)} "
+                               "(budget.memory)")
+        loop = asyncio.get_running_loop()
+        while True:
+            need = self._ledger.need(path, own, shared)
+            if need <= self._ledger.free() and self._count_allows(slot):
+                return
+            victim = self._lru_victim(slot)
+            if victim is not None:
+                await self._unload(victim, "evicted")
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await self._refuse(slot, need, "over_budget", self._no_room_message(slot, need))
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
+    def _count_allows(self, slot: _Slot) -> bool:
+        cap = self._settings().max_loaded
+        others = sum(1 for s in self._slots.values()
+                     if s is not slot and s.state in ("loaded", "loading"))
+        return cap is None or others < cap
+
+    def _lru_victim(self, loading: _Slot) -> _Slot | None:
+        idle = [s for s in self._slots.values()
+                if s is not loading and s.state == "loaded" and not s.active and not s.pinned]
+        return min(idle, key=lambda s: s.last_used, default=None)
+
+    def _no_room_message(self, slot: _Slot, need: int) -> str:
+        held = [f"{s.spec.alias} ({mib(self._ledger.cost_of(s.spec.alias))}, "
+                f"{'pinned' if s.pinned else 'busy'})"
+                for s in self._slots.values() if s is not slot and s.state != "unloaded"]
+        return (f"model {slot.spec.alias!r} needs {mib(need)} but only "
+                f"{mib(max(0, self._ledger.free()))} of the {mib(self._ledger.total)} budget is "
+                f"free; held by: {', '.join(held) or 'nothing'}")
+
+    async def _refuse(self, slot: _Slot, need: int, code: str, message: str) -> None:
+        free = max(0, self._ledger.free())
+        self._metrics.refusals.labels(slot.spec.alias, code).inc()
+        log.warning("%s", message)
+        await self._audit_event("model.refused", {"model": slot.spec.alias, "reason": code,
+                                                  "needed_bytes": need, "free_bytes": free})
+        raise Unavailable(message, code=code, needed_bytes=need, free_bytes=free,
+                          budget_bytes=self._ledger.total)
+
+    # -- unloading -------------------------------------------------------------------------
+
+    async def _unload(self, slot: _Slot, reason: str) -> None:
+        if slot.state != "loaded" or slot.active or slot.worker is None:
+            return
+        alias = slot.spec.alias
+        bytes_before = self._ledger.cost_of(alias)
+        slot.state = "unloading"
+        slot.transition = asyncio.get_running_loop().create_future()
+        self._cancel_idle(slot)
+        try:
+            await slot.worker.stop()
+        finally:
+            self._ledger.release(alias)
+            slot.worker = None
+            slot.state = "unloaded"
+            slot.transition.set_result(None)
+            slot.transition = None
+            self._changed.set()
+            self._bump()
+            self._show_budget()
+        self._metrics.evictions.labels(alias, reason).inc()
+        self._metrics.loaded.labels(alias).set(0)
+        log.info("unloaded %s (%s)", alias, reason)
+        await self._audit_event("model.unload", {"model": alias, "reason": reason,
+                                                 "bytes": bytes_before})
+
+    async def _unload_all(self) -> None:
+        for slot in self._slots.values():
+            slot.pinned = False
+            if slot.state == "loaded" and slot.worker is not None:
+                await slot.worker.stop()
+                slot.state = "unloaded"
+
+    def _went_idle(self, slot: _Slot) -> None:
+        self._changed.set()
+        if slot.state == "loaded" and not slot.pinned:
+            self._arm_idle(slot, self._idle_timeout())
+
+    def _arm_idle(self, slot: _Slot, delay: float) -> None:
+        self._cancel_idle(slot)
+        slot.idle_timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self._idle_expired, slot)
+
+    def _cancel_idle(self, slot: _Slot) -> None:
+        if slot.idle_timer is not None:
+            slot.idle_timer.cancel()
+            slot.idle_timer = None
+
+    def _idle_expired(self, slot: _Slot) -> None:
+        slot.idle_timer = None
+        if slot.state == "loaded" and not slot.active and not slot.pinned:
+            self._spawn(self._unload(slot, "idle"), f"idle-unload-{slot.spec.alias}")
+
+    def _on_profile(self, profile: str, settings: ProfileConfig) -> None:
+        """A new profile's idle timeout applies to models idle right now, too."""
+        now = asyncio.get_running_loop().time()
+        timeout = settings.idle_unload or self._cfg.budget.idle_unload
+        for slot in self._slots.values():
+            if slot.idle_timer is not None:
+                self._arm_idle(slot, slot.last_used + timeout - now)
+        log.info("power profile %s: idle unload after %.0fs", profile, timeout)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    # -- views, settings, bookkeeping --------------------------------------------------------
+
+    def _describe(self, slot: _Slot) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        alias = slot.spec.alias
+        idle = now - slot.last_used if slot.state == "loaded" and not slot.active else 0.0
+        return {
+            "model": alias, "state": slot.state, "pinned": slot.pinned,
+            "bytes": self._ledger.cost_of(alias), "estimated_bytes": slot.estimated,
+            "measured_bytes": slot.measured, "idle_seconds": round(idle, 1),
+            "in_flight": slot.active, "queue_depth": slot.worker.depth() if slot.worker else 0,
+            "threads": slot.threads, "load_seconds": round(slot.load_seconds, 3),
+        }
+
+    async def _catalog_item(self, slot: _Slot) -> dict[str, Any]:
+        spec = slot.spec
+        size = await asyncio.to_thread(self._catalog.size_bytes, spec)
+        estimated = slot.estimated or None
+        if estimated is None and size is not None:
+            estimated = await asyncio.to_thread(self._try_estimate, spec)
+        return {"id": spec.alias, "object": "model", "created": 0, "owned_by": "edged",
+                "state": "loaded" if slot.state == "loaded" else "unloaded",
+                "size_bytes": size, "estimated_bytes": estimated, "format": spec.format,
+                "context": spec.context, "pinned": slot.pinned}
+
+    def _try_estimate(self, spec: ModelSpec) -> int | None:
+        try:
+            own, shared = _estimate(self._backend(spec), spec, self._catalog.path_of(spec),
+                                    self._threads(spec))
+        except Exception as e:  # a bad file shows as "no estimate" here, and fails its load
+            log.debug("no estimate for %s: %s", spec.alias, e)
+            return None
+        return own + shared
+
+    def _budget_view(self) -> dict[str, Any]:
+        return {"budget_bytes": self._ledger.total, "used_bytes": self._ledger.used(),
+                "free_bytes": self._ledger.free(), "profile": self._profile_name()}
+
+    def _show_budget(self) -> None:
+        self._metrics.budget.set(self._ledger.total)
+        self._metrics.budget_used.set(self._ledger.used())
+        self._metrics.budget_free.set(self._ledger.free())
+
+    def _bump(self) -> None:
+        self._generation += 1
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    def _backend(self, spec: ModelSpec) -> Backend:
+        backend = self._backends.get(spec.format)
+        if backend is None:
+            raise BadRequest(f"models.{spec.alias}.format: no {spec.format} backend in this "
+                             "build", code="no_backend")
+        return backend
+
+    def _settings(self) -> ProfileConfig:
+        return self._power.settings if self._power is not None else _NO_PROFILE
+
+    def _profile_name(self) -> str:
+        return self._power.profile if self._power is not None else "ac"
+
+    def _threads(self, spec: ModelSpec) -> int:
+        profile = self._settings().threads
+        own = spec.threads or _usable_cpus()
+        return min(own, profile) if profile else own
+
+    def _idle_timeout(self) -> float:
+        return self._settings().idle_unload or self._cfg.budget.idle_unload
+
+    def _queue_wait_observer(self, spec: ModelSpec) -> Callable[[Any], None]:
+        histogram = self._metrics.queue_wait.labels(spec.alias)
+        return lambda job: histogram.observe(job.started - job.enqueued)
+
+    async def _audit_event(self, kind: str, data: dict[str, Any]) -> None:
+        if self._audit is None:
+            return
+        try:
+            await self._audit.append(kind, "daemon", data)
+        except Exception:  # the model event stands; a failing audit log raises its own alarm
+            log.exception("could not audit %s", kind)
+
+
+def _usable_cpus() -> int:
+    import os
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int) -> tuple[int, int]:
+    """Blocking: (own bytes, shared weights bytes) of a load."""
+    shared_of = getattr(backend, "shared_bytes", None)
+    shared = int(shared_of(path)) if shared_of is not None else 0
+    return backend.estimate(spec, path, threads), shared
+
+
+def _measured_load(backend: Backend, spec: ModelSpec, path: Path, threads: int
+                   ) -> tuple[LoadedModel, int]:
+    """Runs on the model's worker thread; loads are serial, so the PSS delta is this load."""
+    meter = LoadMeter()
+    model = backend.load(spec, path, threads)
+    return model, meter.stop().pss
+
+
+def _close(model: LoadedModel) -> None:
+    model.close()
+    trim_heap()  # llama.cpp leaves 60-100 MiB in the C heap until trimmed

@@ -1,0 +1,150 @@
+"""One thread per loaded model, fed by a priority queue.
+
+llama.cpp contexts are not thread-safe and inference must never run on the event loop, so
+each loaded model lives on its own thread from load to close. Jobs carry a priority (lower
+first, FIFO within a priority) and a deadline by which they must have started; results go
+back to the loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from edged.errors import Unavailable
+from edged.models.backend import LoadedModel
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_STOP_PRIORITY = sys.maxsize  # after every queued job
+
+
+@dataclass
+class Job(Generic[T]):
+    fn: Callable[[LoadedModel], T]
+    future: asyncio.Future[T]
+    deadline: float | None  # time.monotonic() (== loop.time()) by which it must start
+    enqueued: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: float | None = None
+
+
+@dataclass(order=True)
+class _Item:
+    priority: int
+    seq: int
+    job: Job[Any] | None = field(compare=False)
+
+
+class Worker:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop,
+                 on_start: Callable[[Job[Any]], None] | None = None) -> None:
+        self._name = name
+        self._loop = loop
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._model: LoadedModel | None = None
+        self._on_start = on_start
+        self.busy = False
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def start(self, load: Callable[[], T], close: Callable[[LoadedModel], None]
+                    ) -> T:
+        """Start the thread; it runs ``load`` (which returns the model, or a tuple whose
+        first item is the model), then serves jobs until ``stop``; ``close`` runs last."""
+        ready: asyncio.Future[T] = self._loop.create_future()
+        thread = threading.Thread(target=self._main, args=(load, close, ready),
+                                  name=f"model-{self._name}", daemon=True)
+        thread.start()
+        return await ready
+
+    def submit(self, fn: Callable[[LoadedModel], T], priority: int,
+               deadline: float | None, cancel: threading.Event | None = None) -> Job[T]:
+        """Queue ``fn``; set ``cancel`` to drop it before it starts (and to let a running
+        generation stop at its next token)."""
+        job = Job(fn, self._loop.create_future(), deadline, cancel=cancel or threading.Event())
+        self._queue.put(_Item(priority, next(self._seq), job))
+        return job
+
+    async def stop(self) -> None:
+        """Close the model after the jobs already queued; returns once it is closed."""
+        done: asyncio.Future[None] = self._loop.create_future()
+        job = Job[None](lambda _m: None, done, None)
+        self._queue.put(_Item(_STOP_PRIORITY, next(self._seq), job))
+        await done
+
+    def _main(self, load: Callable[[], Any], close: Callable[[LoadedModel], None],
+              ready: asyncio.Future[Any]) -> None:
+        try:
+            loaded = load()
+        except BaseException as e:
+            self._resolve(ready, None, e)
+            return
+        self._model = loaded[0] if isinstance(loaded, tuple) else loaded
+        self._resolve(ready, loaded, None)
+        stop_job = self._serve()
+        try:
+            close(self._model)
+        finally:
+            self._model = None
+            self._resolve(stop_job.future, None, None)
+
+    def _serve(self) -> Job[Any]:
+        """Run jobs until the stop job; return it."""
+        while True:
+            item = self._queue.get()
+            assert item.job is not None
+            if item.priority == _STOP_PRIORITY:
+                return item.job
+            self._run(item.job)
+
+    def _run(self, job: Job[Any]) -> None:
+        now = time.monotonic()
+        if job.cancel.is_set():
+            self._resolve(job.future, None, asyncio.CancelledError())
+            return
+        if job.deadline is not None and now > job.deadline:
+            self._resolve(job.future, None, Unavailable(
+                f"model {self._name!r}: the request waited {now - job.enqueued:.1f}s in the "
+                "queue and passed its deadline", code="deadline_exceeded"))
+            return
+        job.started = now
+        if self._on_start is not None:
+            self._on_start(job)
+        self.busy = True
+        try:
+            assert self._model is not None
+            result = job.fn(self._model)
+        except BaseException as e:  # handed to the awaiting request, logged at the API
+            self._resolve(job.future, None, e)
+        else:
+            self._resolve(job.future, result, None)
+        finally:
+            self.busy = False
+
+    def _resolve(self, fut: asyncio.Future[Any], result: Any, error: BaseException | None
+                 ) -> None:
+        def settle() -> None:
+            if fut.done():
+                return
+            if isinstance(error, asyncio.CancelledError):
+                fut.cancel()
+            elif error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
+            log.debug("model %s: result dropped, loop closed", self._name)
