@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edged.client import ApiError
 from edged.errors import BadRequest, IntegrityError
 from edged.models.config import ModelSpec, parse_models
 from edged.models.contract import GenerateParams
@@ -238,3 +239,18 @@ def test_onnxruntime_is_imported_only_by_a_load() -> None:
             "print('onnxruntime' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_daemon_serves_onnx_embeddings(edged: Any, tmp_path: Path) -> None:
+    """End to end: /v1/embeddings on the real daemon runs the ONNX graph."""
+    path = embedding_graph(tmp_path / "emb.onnx")
+    d = edged({"models": {"emb": {"format": "onnx", "kind": "embedding", "path": str(path)}}})
+    texts = ["Hello world", "Where are the size 42 boots?"]
+    body = d.client.post("/v1/embeddings", {"model": "emb", "input": texts})
+    got = np.array([item["embedding"] for item in body["data"]])
+    expected = unit(np.stack([contract_features(t) for t in texts]) @ W_EMB)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ApiError) as err:
+        d.client.post("/v1/chat/completions",
+                      {"model": "emb", "messages": [{"role": "user", "content": "hi"}]})
+    assert err.value.status == 400
