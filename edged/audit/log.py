@@ -294,6 +294,10 @@ class AuditLog:
             # Kept locally all the same; the health report says the cloud copy is missing.
             self._checkpoint_error = f"checkpoint {cp.seq} not queued: {e.message}"
             log.error("audit: %s", self._checkpoint_error)
+        except Exception as e:
+            # A broken outbox must not stop the log (nor its flush at shutdown).
+            self._checkpoint_error = f"checkpoint {cp.seq} not queued: {e}"
+            log.exception("audit: checkpoint %d not queued for sync", cp.seq)
 
     @property
     def keys(self) -> AuditKeys:
