@@ -42,30 +42,46 @@ def _read_limit(path: Path) -> int | None:
         text = path.read_text().strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None  # "max" (or junk) is no limit
+    if not text.isdigit() or int(text) >= 1 << 62:  # "max"; cgroup v1 writes 2^63 - 4096
+        return None
+    return int(text)
 
 
-def own_cgroup(proc_file: Path = Path("/proc/self/cgroup")) -> str:
-    """This process's cgroup v2 path (the ``0::/...`` line), ``/`` when unknown."""
+def own_cgroup(proc_file: Path = Path("/proc/self/cgroup"), controller: str = "") -> str:
+    """This process's cgroup path: the v2 line (``0::/...``), or the v1 line of
+    ``controller`` (``4:memory:/...``); ``/`` when unknown."""
     try:
         lines = proc_file.read_text().splitlines()
     except OSError:
         return "/"
-    return next((line[3:] for line in lines if line.startswith("0::")), "/") or "/"
+    for line in lines:
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        v2 = not controller and hierarchy == "0" and not controllers
+        if v2 or (controller and controller in controllers.split(",")):
+            return path or "/"
+    return "/"
 
 
-def cgroup_limit(root: Path = CGROUP_ROOT, cgroup: str | None = None) -> int | None:
-    """The tightest ``memory.max`` or ``memory.high`` from our cgroup up to ``root``.
-
-    A systemd unit's ``MemoryMax=`` sits on the service's own cgroup, not on the root, so
-    the whole chain counts. ``memory.high`` counts too: above it the kernel throttles the
-    process hard, which is as bad as a limit for inference.
-    """
-    parts = [p for p in PurePosixPath(cgroup or own_cgroup()).parts if p not in ("/", ".", "..")]
+def _chain_limits(root: Path, cgroup: str, names: tuple[str, ...]) -> list[int]:
+    parts = [p for p in PurePosixPath(cgroup).parts if p not in ("/", ".", "..")]
     folders = [root.joinpath(*parts[:i]) for i in range(len(parts) + 1)]
-    limits = [limit for folder in folders for name in ("memory.max", "memory.high")
-              if (limit := _read_limit(folder / name)) is not None]
-    return min(limits, default=None)
+    return [limit for folder in folders for name in names
+            if (limit := _read_limit(folder / name)) is not None]
+
+
+def cgroup_limit(root: Path = CGROUP_ROOT, cgroup: str | None = None,
+                 v1_cgroup: str | None = None) -> int | None:
+    """The tightest memory limit from our cgroup up to ``root``, or None.
+
+    cgroup v2: ``memory.max`` and ``memory.high`` (above it the kernel throttles hard, as bad
+    as a limit for inference). A systemd unit's ``MemoryMax=`` sits on the service's own
+    cgroup, not on the root, so the whole chain counts. Older boxes (cgroup v1 or hybrid)
+    have ``<root>/memory/<path>/memory.limit_in_bytes`` instead; both are read.
+    """
+    v2 = _chain_limits(root, cgroup or own_cgroup(), ("memory.max", "memory.high"))
+    v1 = _chain_limits(root / "memory", v1_cgroup or own_cgroup(controller="memory"),
+                       ("memory.limit_in_bytes",))
+    return min(v2 + v1, default=None)
 
 
 def read_memory_facts(cgroup_root: Path = CGROUP_ROOT, cgroup: str | None = None) -> MemoryFacts:

@@ -37,17 +37,22 @@ def budget(memory: Any) -> BudgetConfig:
     ("cgroup_service", "/system.slice/edged.service", 768 * MiB),  # memory.high under MemoryMax
     ("cgroup_service", "/user.slice/shell.scope", None),  # a path the tree lacks: no limit
     ("cgroup_container", "/docker/0123abcd", 512 * MiB),  # our path is outside the namespace
-    ("no-such-tree", "/", None),  # no cgroup v2 mounted at all
+    ("no-such-tree", "/", None),  # no cgroup mounted at all
+    ("cgroup_v1", "/kiosk", 256 * MiB),  # cgroup v1 (hybrid): memory/<path>/limit_in_bytes
+    ("cgroup_v1", "/", None),  # v1's "no limit" is 2^63 - 4096
 ])
 def test_cgroup_limit_is_the_tightest_on_our_chain(tree: str, cgroup: str, limit: int | None
                                                    ) -> None:
-    assert cgroup_limit(FIXTURES / tree, cgroup) == limit
+    assert cgroup_limit(FIXTURES / tree, cgroup, cgroup) == limit
 
 
 def test_own_cgroup_takes_the_v2_line(tmp_path: Path) -> None:
     proc = tmp_path / "cgroup"
-    proc.write_text("12:memory:/legacy\n0::/system.slice/edged.service\n")
+    proc.write_text("12:memory:/legacy\n3:cpu,cpuacct:/x\n1:name=systemd:/y\n"
+                    "0::/system.slice/edged.service\n")
     assert own_cgroup(proc) == "/system.slice/edged.service"
+    assert own_cgroup(proc, "memory") == "/legacy"
+    assert own_cgroup(proc, "cpuacct") == "/x"
     assert own_cgroup(tmp_path / "absent") == "/"
 
 
