@@ -42,6 +42,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     apply.set_defaults(handler=_cmd_apply)
 
     pull = verbs.add_parser("pull", parents=[common], help="pull from the cloud now")
+    pull.add_argument("--wait", action="store_true", help="wait for the health window")
     pull.set_defaults(handler=_cmd_pull)
 
 
@@ -123,7 +124,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    emit(args, client_for(args).post("/admin/config/pull"), lambda r: f"pull: {r['status']}")
+    path = "/admin/config/pull?wait=true" if args.wait else "/admin/config/pull"
+    emit(args, client_for(args).post(path), lambda r: f"pull: {r['status']}"
+         + (f" v{r['version']} ({r['state']})" if "version" in r else ""))
     return 0
 
 

@@ -3,7 +3,7 @@
 GET /admin/config: the active version, its provenance, and the history.
 POST /admin/config: the body is a signed bundle; ``?wait=true`` answers only after the
 health window (confirmed, or 422 rolled_back).
-POST /admin/config/pull: pull from the cloud now.
+POST /admin/config/pull: pull from the cloud now (``?wait=true`` as above).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class RemoteComponent:
     def health(self) -> dict[str, Any]:
         return self.manager.health()
 
-    async def _apply_pulled(self, raw: bytes) -> dict[str, Any]:
-        return await self.manager.apply(raw, source="pull", actor="cloud")
+    async def _apply_pulled(self, raw: bytes, wait: bool) -> dict[str, Any]:
+        return await self.manager.apply(raw, source="pull", actor="cloud", wait=wait)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/admin/config", self._get)
@@ -69,10 +69,14 @@ class RemoteComponent:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge("bundle is larger than daemon.max_body",
                                   code="bundle_too_large") from None
-        wait = request.query.get("wait", "") in ("1", "true", "yes")
+        wait = _wants_wait(request)
         actor = f"uid:{request[PEER].uid}"
         return web.json_response(
             await self.manager.apply(raw, source="api", actor=actor, wait=wait))
 
     async def _pull(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.puller.pull())
+        return web.json_response(await self.puller.pull(_wants_wait(request)))
+
+
+def _wants_wait(request: web.Request) -> bool:
+    return request.query.get("wait", "") in ("1", "true", "yes")

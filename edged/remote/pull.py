@@ -22,7 +22,7 @@ from edged.errors import EdgedError, PayloadTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
-Apply = Callable[[bytes], Awaitable[dict[str, Any]]]
+Apply = Callable[[bytes, bool], Awaitable[dict[str, Any]]]
 IsStale = Callable[[bytes], Awaitable[bool]]
 
 
@@ -46,7 +46,7 @@ class ConfigPuller:
             except EdgedError as e:
                 log.warning("config pull: %s", e.message)
 
-    async def pull(self) -> dict[str, Any]:
+    async def pull(self, wait: bool = False) -> dict[str, Any]:
         async with self._lock:
             cfg = self._config()
             if cfg.sync.endpoint is None:
@@ -56,10 +56,17 @@ class ConfigPuller:
                 return {"status": "none"}
             if status == 304:
                 return {"status": "not_modified"}
-            self._etag = etag
             if await self._is_stale(body):
+                self._etag = etag
                 return {"status": "up_to_date"}
-            return {"status": "applied", **await self._apply(body)}
+            try:
+                result = await self._apply(body, wait)
+            except EdgedError as e:
+                if e.code != "apply_in_progress":  # busy: fetch it again next time
+                    self._etag = etag
+                raise
+            self._etag = etag
+            return {"status": "applied", **result}
 
     async def _fetch(self, cfg: Config) -> tuple[int, str | None, bytes]:
         url = f"{cfg.sync.endpoint}/v1/devices/{quote(cfg.daemon.device_id, safe='')}/config"
