@@ -107,6 +107,8 @@ def unit(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("onnx")
     embedding_graph(folder / "emb.onnx")
+    embedding_graph(folder / "emb-ext.onnx", save_as_external_data=True, location="w.bin",
+                    size_threshold=0)
     classifier_graph(folder / "cls.onnx", softmax=True)
     classifier_graph(folder / "logits.onnx", softmax=False)
     (folder / "cls.labels.txt").write_text("greeting\ncomplaint\nquestion\n")
@@ -116,9 +118,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_hashed_embedding_matches_numpy(models: Path) -> None:
+@pytest.mark.parametrize("file", ["emb.onnx", "emb-ext.onnx"])
+def test_hashed_embedding_matches_numpy(models: Path, file: str) -> None:
     texts = ["Hello world", "hello, WORLD!", "Where are the size 42 boots?"]
-    model = OnnxBackend().load(spec(models / "emb.onnx", "embedding"), models / "emb.onnx", 2)
+    model = OnnxBackend().load(spec(models / file, "embedding"), models / file, 2)
     got = np.array(model.embed(texts))
     expected = unit(np.stack([contract_features(t) for t in texts]) @ W_EMB)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
