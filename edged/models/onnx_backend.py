@@ -156,10 +156,15 @@ def _is_cjk(ch: str) -> bool:
         or 0x20000 <= cp <= 0x2FA1F
 
 
+def _has_ascii_upper(token: str) -> bool:
+    return any("A" <= ch <= "Z" for ch in token)
+
+
 class WordPiece:
     """BERT's tokenizer: basic split (whitespace, punctuation, CJK characters; lowercase and
     accent stripping for uncased vocabularies), then greedy longest-match WordPiece with
-    ``##`` continuations. Uncased = no vocabulary entry has an upper-case letter."""
+    ``##`` continuations. Uncased = no entry but the bracketed specials (``[MASK]``...)
+    has an upper-case ASCII letter."""
 
     SPECIALS = ("[CLS]", "[SEP]", "[UNK]", "[PAD]")
 
@@ -169,7 +174,8 @@ class WordPiece:
             raise BadRequest(f"the vocabulary lacks {', '.join(missing)}: only WordPiece "
                              "(BERT-style) vocabularies are supported", code="unsupported_model")
         self.vocab = vocab
-        self.lowercase = not any(t.lower() != t for t in vocab if t not in self.SPECIALS)
+        self.lowercase = not any(_has_ascii_upper(t) for t in vocab
+                                 if not (t.startswith("[") and t.endswith("]")))
         self.cls, self.sep = vocab["[CLS]"], vocab["[SEP]"]
         self.unk, self.pad = vocab["[UNK]"], vocab["[PAD]"]
 

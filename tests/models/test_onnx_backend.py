@@ -146,6 +146,11 @@ def test_wordpiece_follows_bert() -> None:
     assert wp.basic("Héllo,\tunaffable  WORLD!") == ["hello", ",", "unaffable", "world", "!"]
     assert wp.encode("Héllo, unaffable zebra!", 128) == [2, 4, 9, 6, 7, 8, 1, 10, 3]
     assert wp.encode("hello " * 200, 8) == [2, 4, 4, 4, 4, 4, 4, 3]
+    with_mask = WordPiece({t: i for i, t in enumerate([*VOCAB, "[MASK]", "[unused0]"])})
+    assert with_mask.lowercase
+    cased = WordPiece({t: i for i, t in enumerate([*VOCAB, "Hello"])})
+    assert not cased.lowercase
+    assert cased.encode("Hello hello HELLO", 128) == [2, 11, 4, 1, 3]
     with pytest.raises(BadRequest, match=r"lacks \[CLS\]"):
         WordPiece({"<s>": 0, "</s>": 1, "[UNK]": 2, "[PAD]": 3})
 
