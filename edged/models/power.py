@@ -201,6 +201,13 @@ class PowerMonitor:
             await self._switch(profile)
         return profile
 
+    async def reconfigure(self, cfg: PowerConfig) -> str:
+        """Take a new ``[power]`` section in place (a config push): new roots, thresholds and
+        profile settings apply from a fresh reading, now. Loaded models are not touched."""
+        self._cfg = cfg
+        self._selector = ProfileSelector(cfg)
+        return await self.refresh()
+
     async def run(self) -> None:
         while True:
             await self.refresh()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,6 +118,16 @@ async def test_run_polls_until_the_profile_changes(box: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_reconfigure_applies_new_thresholds_at_once(box: Path) -> None:
+    monitor = PowerMonitor(power_config(box), CollectorRegistry())
+    assert await monitor.refresh() == "ac"
+    cooler = power_config(box, profiles={"hot": ProfileConfig(2, None, None, False)})
+    cooler = dataclasses.replace(cooler, hot_celsius=40.0)
+    assert await monitor.reconfigure(cooler) == "hot"  # the fixture's zone is at 41 C
+    assert monitor.settings == ProfileConfig(2, None, None, False)
+    assert monitor.generation == 1
 
 
 def test_profiles_default_and_override_key_by_key() -> None:
