@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
     from edged import keys
+    from edged.agents import cli as agents_cli
     from edged.audit import cli as audit_cli
     from edged.models import cli as models_cli
     from edged.remote import cli as remote_cli
@@ -145,7 +146,7 @@ def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
 
     # `keys` is one group; its verbs (init, rotate, fleet-init) are listed in edged/keys.py
     return [remote_cli.register, keys.register, audit_cli.register, sync_cli.register,
-            models_cli.register]
+            models_cli.register, agents_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

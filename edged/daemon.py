@@ -19,6 +19,9 @@ from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from edged.agents import tables as agent_tables
+from edged.agents.api import AgentRoutes
+from edged.agents.assemble import build_runtime as build_agent_runtime
 from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
@@ -69,7 +72,7 @@ class Daemon:
 
     def schemas(self) -> list[Schema]:
         """Each component's tables, migrated at open."""
-        return [sync_outbox.SCHEMA, RemoteComponent.schema]
+        return [sync_outbox.SCHEMA, RemoteComponent.schema, agent_tables.SCHEMA]
 
     async def _build(self, stack: AsyncExitStack, store: Store) -> Wiring:
         """Every component, built with its config slice and its collaborators, in dependency
@@ -95,6 +98,12 @@ class Daemon:
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
         models = await self._build_models(wiring, audit)
         # -- agents (edged/agents): the agent runtime and its API routes
+        agents = await build_agent_runtime(
+            cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=models, audit=audit,
+            outbox=outbox, registry=self.metrics.registry)
+        wiring.routes.append(AgentRoutes(agents))
+        wiring.health["agents"] = agents.health
+        wiring.background.append(("agents", agents.run))
         # -- remote (edged/remote): config bundles, pull, apply and roll back
         remote = RemoteComponent(cfg, store, targets=wiring.reloadable, health=wiring.health,
                                  audit=audit, outbox=outbox, inference=models)

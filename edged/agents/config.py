@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edged.errors import ConfigError
 from edged.tomlreader import Table
+
+
+@dataclass(frozen=True)
+class Discount:
+    """``percent`` off a line with at least ``min_quantity`` units, or off the whole quote
+    when its subtotal reaches ``min_subtotal``."""
+
+    percent: float
+    min_quantity: int | None
+    min_subtotal: float | None
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,15 @@ class AgentSpec:
     tool_timeout: float
     phi: bool  # protected health information: encrypted sessions, nothing leaves the box
     examples_file: Path | None  # routing examples (intent -> utterances)
+    route_threshold: float  # below it the agent asks to rephrase, then hands off
+    model_slots: bool  # ask the model (grammar-constrained JSON) when extraction falls short
+    model_reply: bool  # let the model write the reply (checked; a template otherwise)
+    reply_max_tokens: int
+    store: str  # retail: the store this kiosk stands in
+    currency: str
+    tax_rate: float
+    discounts: tuple[Discount, ...]
+    portal_key: Path | None  # clinic: HMAC key of portal tokens (default <keys>/portal.key)
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,26 @@ class AgentsConfig:
     agents: dict[str, AgentSpec]
     data_dir: Path | None  # seed data (catalog, providers) for the tools
     session_ttl: float
+    session_key: Path | None  # AES-256 key of PHI sessions (default <keys>/sessions.key)
+
+
+def _parse_discount(t: Table) -> Discount:
+    d = Discount(percent=t.float("percent", min=0, max=100),
+                 min_quantity=t.int("min_quantity", None, min=1),
+                 min_subtotal=t.float("min_subtotal", None, min=0))
+    t.done()
+    if (d.min_quantity is None) == (d.min_subtotal is None):
+        raise ConfigError(f"{t.key('min_quantity')}: give exactly one of min_quantity or "
+                          "min_subtotal")
+    return d
+
+
+def _parse_discounts(t: Table) -> tuple[Discount, ...]:
+    raw = t.raw("discounts", [])
+    if not isinstance(raw, list) or not all(isinstance(d, dict) for d in raw):
+        raise ConfigError(f"{t.key('discounts')}: expected a list of tables")
+    return tuple(_parse_discount(Table(d, f"{t.key('discounts')}[{i}]", t.base_dir))
+                 for i, d in enumerate(raw))
 
 
 def _parse_agent(name: str, t: Table) -> AgentSpec:
@@ -41,18 +81,32 @@ def _parse_agent(name: str, t: Table) -> AgentSpec:
         tool_timeout=t.duration("tool_timeout", 10.0),
         phi=t.bool("phi", False),
         examples_file=t.path("examples_file", None),
+        route_threshold=t.float("route_threshold", 0.22, min=0, max=1),
+        model_slots=t.bool("model_slots", True),
+        model_reply=t.bool("model_reply", True),
+        reply_max_tokens=t.int("reply_max_tokens", 48, min=8, max=512),
+        store=t.str("store", ""),
+        currency=t.str("currency", "USD"),
+        tax_rate=t.float("tax_rate", 0.0, min=0, max=1),
+        discounts=_parse_discounts(t),
+        portal_key=t.path("portal_key", None),
     )
     t.done()
     return spec
 
 
+_TOP_KEYS = ("data_dir", "session_ttl", "session_key")
+
+
 def parse_agents(t: Table) -> AgentsConfig:
     data_dir = t.path("data_dir", None)
     ttl = t.duration("session_ttl", 3600.0)
+    session_key = t.path("session_key", None)
     agents = {}
     for name in list(t.keys()):
-        if name in ("data_dir", "session_ttl"):
+        if name in _TOP_KEYS:
             continue
         agents[name] = _parse_agent(name, t.table(name))
     t.done()
-    return AgentsConfig(agents=agents, data_dir=data_dir, session_ttl=ttl)
+    return AgentsConfig(agents=agents, data_dir=data_dir, session_ttl=ttl,
+                        session_key=session_key)

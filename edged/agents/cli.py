@@ -1,0 +1,83 @@
+"""``edged chat AGENT [MESSAGE]`` and ``edged portal-token PATIENT_REF``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from edged.agents import portal
+from edged.tomlreader import parse_duration
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    chat = sub.add_parser("chat", parents=[common], help="talk to an agent (a prompt loop "
+                                                         "without MESSAGE)")
+    chat.add_argument("agent")
+    chat.add_argument("message", nargs="?")
+    chat.add_argument("--session", help="continue a session")
+    chat.add_argument("--token", help="patient portal token (clinic)")
+    chat.set_defaults(handler=_cmd_chat)
+    tok = sub.add_parser("portal-token", parents=[common],
+                         help="mint a patient portal token with the box's portal key")
+    tok.add_argument("patient_ref")
+    tok.add_argument("--ttl", default="15m", help="lifetime (default 15m)")
+    tok.add_argument("--config")
+    tok.add_argument("--key", help="key file (default: <keys>/portal.key)")
+    tok.set_defaults(handler=_cmd_token)
+
+
+def _render(data: dict[str, Any]) -> str:
+    lines = [f"  [{a['tool']}] {a['result'].get('summary', '')}" for a in data["actions"]]
+    return "\n".join([*lines, data["reply"]])
+
+
+def _turn(args: argparse.Namespace, message: str, session: str | None) -> dict[str, Any]:
+    from edged.cli import client_for
+
+    body: dict[str, Any] = {"message": message}
+    if session:
+        body["session_id"] = session
+    if args.token:
+        body["token"] = args.token
+    result: dict[str, Any] = client_for(args).post(f"/v1/agents/{args.agent}/chat", body)
+    return result
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from edged.cli import emit
+
+    if args.message:
+        emit(args, _turn(args, args.message, args.session), _render)
+        return 0
+    session = args.session
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if line in ("exit", "quit"):
+            return 0
+        if not line:
+            continue
+        data = _turn(args, line, session)
+        session = data["session_id"]
+        emit(args, data, lambda d: f"{args.agent}> {_render(d)}")
+        sys.stdout.flush()
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edged.cli import config_for
+
+    ttl = parse_duration(args.ttl, "--ttl")
+    if args.key:
+        key_path = Path(args.key)
+    else:
+        cfg = config_for(args)
+        clinic = [a.portal_key for a in cfg.agents.agents.values() if a.portal_key]
+        key_path = clinic[0] if clinic else cfg.daemon.keys_dir / "portal.key"
+    token = portal.mint(portal.load_or_create_key(key_path), args.patient_ref, ttl)
+    print(token)
+    return 0

@@ -1,0 +1,411 @@
+"""The clinic assistant's tools: availability, booking, the patient portal, a human.
+
+Everything here is protected health information: bookings keep the patient's name
+encrypted, tickets carry only an opaque reference, and the portal answers only to a valid
+signed token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from edged.agents import portal
+from edged.agents.catalog import read_seed
+from edged.agents.config import AgentSpec
+from edged.agents.sessions import Sealer
+from edged.agents.slots import normalize, parse_date, parse_time, part_of_day, similarity, words
+from edged.agents.tickets import Tickets
+from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
+from edged.errors import Unauthorized
+from edged.store import Store
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SPECIALTY_WORDS = {
+    "family medicine": ("gp", "family", "general", "doctor", "physician", "checkup",
+                        "check-up", "physical"),
+    "pediatrics": ("pediatric", "pediatrician", "paediatrician", "child", "kid", "baby",
+                   "son", "daughter"),
+    "cardiology": ("cardio", "cardiologist", "heart"),
+    "dermatology": ("dermatologist", "skin", "rash", "mole", "acne"),
+    "orthopedics": ("orthopedic", "orthopaedic", "bone", "knee", "joint", "fracture"),
+    "dentistry": ("dentist", "dental", "tooth", "teeth", "cleaning"),
+    "women's health": ("gynecologist", "gynaecologist", "women", "pap", "obgyn", "prenatal"),
+    "mental health": ("therapist", "therapy", "psychiatrist", "counselling", "counseling",
+                      "anxiety", "depression"),
+    "physiotherapy": ("physio", "physiotherapist", "physical therapy", "rehab"),
+    "ophthalmology": ("eye", "eyes", "vision", "ophthalmologist", "optometrist"),
+    "laboratory": ("lab", "blood", "bloodwork", "draw", "test"),
+}
+Section = Literal["appointments", "results", "prescriptions", "billing"]
+Reason = Literal["urgent", "billing", "records", "prescription", "other"]
+
+
+@dataclass(frozen=True)
+class Provider:
+    id: str
+    name: str
+    specialty: str
+    days: tuple[str, ...]
+    start: str
+    end: str
+    slot_minutes: int
+
+    def slots(self, day: dt.date) -> list[str]:
+        if DAYS[day.weekday()] not in self.days:
+            return []
+        at = dt.datetime.combine(day, dt.time.fromisoformat(self.start))
+        end = dt.datetime.combine(day, dt.time.fromisoformat(self.end))
+        out = []
+        while at + dt.timedelta(minutes=self.slot_minutes) <= end:
+            out.append(at.strftime("%H:%M"))
+            at += dt.timedelta(minutes=self.slot_minutes)
+        return out
+
+
+class ClinicTools:
+    def __init__(self, spec: AgentSpec, store: Store, providers: list[Provider],
+                 patients: dict[str, JSON], tickets: Tickets, portal_key: bytes,
+                 sealer: Sealer, clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+        self._spec = spec
+        self._store = store
+        self.providers = providers
+        self._patients = patients
+        self._tickets = tickets
+        self._key = portal_key
+        self._sealer = sealer
+        self._clock = clock
+
+    def tools(self) -> list[Tool]:
+        return collect(self)
+
+    def find_providers(self, text: str) -> list[Provider]:
+        """Providers a text names: by name ("Dr. Patel", "patel") or by specialty."""
+        toks = words(text)
+        by_name = [p for p in self.providers if any(
+            similarity(w, n) >= 0.85 for w in toks if len(w) > 2
+            for n in normalize(p.name).split()[1:] if n not in ("dr", "nurse"))]
+        if by_name:
+            return by_name
+        low = " " + normalize(text) + " "
+        for specialty, cues in SPECIALTY_WORDS.items():
+            if f" {specialty} " in low or any(f" {c} " in low or f" {c}s " in low
+                                               for c in cues):
+                return [p for p in self.providers if p.specialty == specialty]
+        return []
+
+    async def _taken(self, provider_ids: list[str], day: dt.date) -> set[tuple[str, str]]:
+        marks = ",".join("?" * len(provider_ids))
+        rows = await self._store.fetchall(
+            f"SELECT provider_id, start FROM clinic_bookings WHERE provider_id IN ({marks}) "
+            "AND start LIKE ?", [*provider_ids, f"{day.isoformat()}T%"])
+        return {(r["provider_id"], r["start"][11:16]) for r in rows}
+
+    async def free_slots(self, providers: list[Provider], day: dt.date,
+                         part: str | None = None) -> list[JSON]:
+        now = self._clock()
+        taken = await self._taken([p.id for p in providers], day)
+        out = []
+        for p in providers:
+            for hhmm in p.slots(day):
+                if (p.id, hhmm) in taken or _part(hhmm) != (part or _part(hhmm)):
+                    continue
+                if dt.datetime.combine(day, dt.time.fromisoformat(hhmm)) <= now:
+                    continue
+                out.append({"provider": p.name, "provider_id": p.id, "date": day.isoformat(),
+                            "time": hhmm})
+        return sorted(out, key=lambda s: (s["time"], s["provider"]))
+
+    @tool
+    async def check_appointment_availability(
+        self, ctx: ToolContext, provider: Annotated[str, Limits(max_length=80)] | None = None,
+        date: Annotated[str, Limits(max_length=10)] | None = None,
+        part_of_day: Literal["morning", "afternoon", "evening"] | None = None,
+    ) -> JSON:
+        """List free appointment slots with a provider or specialty on a day.
+
+        Args:
+            provider: a provider's name or a specialty, e.g. Dr. Patel or dermatology
+            date: the day, YYYY-MM-DD
+            part_of_day: morning, afternoon or evening
+
+        Keywords: available, availability, free, openings, slots, when, schedule, appointment
+        """
+        providers = self.find_providers(provider) if provider else list(self.providers)
+        if not providers:
+            return {"found": False, "provider": provider,
+                    "summary": f"I couldn't find a provider or specialty called {provider}."}
+        days = [_day(date)] if date else [self._clock().date() + dt.timedelta(days=i)
+                                          for i in range(0, 8)]
+        for day in days:
+            slots = await self.free_slots(providers, day, part_of_day)
+            if slots:
+                break
+        who = provider or "any provider"
+        if not slots:
+            return {"found": False, "provider": who, "date": date, "slots": [],
+                    "summary": f"There are no free slots for {who}"
+                               f"{' on ' + date if date else ' this week'}."}
+        shown = slots[:6]
+        times = ", ".join(f"{s['time']} with {s['provider']}" for s in shown)
+        return {"found": True, "provider": who, "date": shown[0]["date"], "slots": shown,
+                "summary": f"Free on {_nice(shown[0]['date'])}: {times}."}
+
+    @tool
+    async def book_appointment(
+        self, ctx: ToolContext, provider: Annotated[str, Limits(max_length=80)],
+        date: Annotated[str, Limits(max_length=10)], time: Annotated[str, Limits(max_length=5)],
+        patient_name: Annotated[str, Limits(max_length=80)],
+    ) -> JSON:
+        """Book an appointment slot for a patient; a slot is never booked twice.
+
+        Args:
+            provider: a provider's name or a specialty
+            date: the day, YYYY-MM-DD
+            time: the start time, HH:MM (24 hours)
+            patient_name: the patient's full name
+
+        Keywords: book, schedule, make, appointment, reserve, see the doctor, set up
+        """
+        day, providers = _day(date), self.find_providers(provider)
+        candidates = [p for p in providers if time in p.slots(day)]
+        if not candidates:
+            return await self._no_such_slot(ctx, providers, day, time, provider)
+        for p in candidates:
+            booked = await self._insert(p, day, time, patient_name)
+            if booked:
+                return {"booked": True, "booking": booked, "provider": p.name,
+                        "date": date, "time": time,
+                        "summary": f"Booked: {p.name} on {_nice(date)} at {time} "
+                                   f"(confirmation {booked})."}
+        return await self._no_such_slot(ctx, providers, day, time, provider, taken=True)
+
+    async def _insert(self, p: Provider, day: dt.date, hhmm: str, name: str) -> str | None:
+        booking = f"B-{uuid.uuid4().hex[:8].upper()}"
+        start = f"{day.isoformat()}T{hhmm}"
+        sealed = self._sealer.seal(json.dumps({"name": name}).encode(), booking.encode())
+        try:
+            async with self._store.transaction() as db:
+                await db.execute(
+                    "INSERT INTO clinic_bookings (id, provider_id, start, created, patient) "
+                    "VALUES (?, ?, ?, ?, ?)", (booking, p.id, start, time.time(), sealed))
+        except sqlite3.IntegrityError:  # UNIQUE (provider_id, start): someone was faster
+            return None
+        return booking
+
+    async def _no_such_slot(self, ctx: ToolContext, providers: list[Provider], day: dt.date,
+                            hhmm: str, asked: str, taken: bool = False) -> JSON:
+        if not providers:
+            return {"booked": False, "summary": f"I couldn't find a provider called {asked}."}
+        free = (await self.free_slots(providers, day))[:4]
+        times = ", ".join(f"{s['time']} with {s['provider']}" for s in free) or "none that day"
+        why = "is already taken" if taken else "is not a bookable slot"
+        return {"booked": False, "taken": taken, "date": day.isoformat(), "time": hhmm,
+                "slots": free,
+                "summary": f"{hhmm} on {_nice(day.isoformat())} {why}. Free slots: {times}."}
+
+    @tool
+    async def access_patient_portal(self, ctx: ToolContext, section: Section) -> JSON:
+        """Show the signed-in patient's appointments, results, prescriptions or billing.
+
+        Args:
+            section: which part of the record
+
+        Keywords: my results, test results, records, prescriptions, refill, bill, portal
+        """
+        try:
+            ref = portal.verify(self._key, ctx.token)
+        except Unauthorized as e:
+            return {"authorized": False, "reason": e.code,
+                    "summary": f"I can't open the patient portal: {e.message}. Please sign in "
+                               "at the front desk or the clinic app to get a portal token."}
+        patient = self._patients.get(ref)
+        if patient is None:
+            return {"authorized": False, "reason": "unknown_patient",
+                    "summary": "I can't find a record for this portal token."}
+        return {"authorized": True, "section": section, **self._section(patient, section)}
+
+    def _section(self, patient: JSON, section: str) -> JSON:
+        today = self._clock().date()
+        if section == "results":
+            items = patient.get("results", [])
+            text = "; ".join(f"{r['test']}: {r['value']} ({r['status']})" for r in items)
+            return {"items": items, "summary": f"Your results: {text or 'none on file'}."}
+        if section == "prescriptions":
+            items = patient.get("prescriptions", [])
+            text = "; ".join(f"{r['drug']}, {r['refills']} refills left" for r in items)
+            return {"items": items, "summary": f"Your prescriptions: {text or 'none'}."}
+        if section == "billing":
+            return {"balance": patient.get("balance", 0.0),
+                    "summary": f"Your balance is ${patient.get('balance', 0.0):.2f}."}
+        items = [{"provider": a["provider"], "when": _relative(a["when"], today)}
+                 for a in patient.get("appointments", [])]
+        text = "; ".join(f"{a['when']} with {a['provider']}" for a in items)
+        return {"items": items, "summary": f"Your appointments: {text or 'none booked'}."}
+
+    @tool
+    async def escalate_to_human(self, ctx: ToolContext, reason: Reason) -> JSON:
+        """Hand the conversation to clinic staff: urgent symptoms, billing, records, anything.
+
+        Args:
+            reason: why a person is needed
+
+        Keywords: nurse, staff, person, human, someone, emergency, urgent, speak, call me
+        """
+        # Only an opaque reference leaves the box; staff look the session up locally.
+        reference = hashlib.sha256(f"{ctx.agent}:{ctx.session_id}".encode()).hexdigest()[:16]
+        priority = "urgent" if reason == "urgent" else "normal"
+        ticket = await self._tickets.open(ctx.agent, "handoff",
+                                          {"reference": reference, "priority": priority})
+        advice = (" If this is an emergency, call your local emergency number now."
+                  if reason == "urgent" else "")
+        return {"ticket": ticket, "reason": reason,
+                "summary": f"I've asked a staff member to contact you (ticket {ticket}).{advice}"}
+
+    # -- finding arguments in text
+
+    def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
+        today = self._clock().date()
+        found = self.find_providers(text)
+        provider = _provider_label(found, text) or state.get("provider")
+        day = parse_date(text, today)
+        args: JSON = {"provider": provider, "date": day.isoformat() if day else state.get("date")}
+        if tool_name == "check_appointment_availability":
+            args["part_of_day"] = part_of_day(text)
+            if not found and day is None:  # a fresh question, not a follow-up
+                args["date"] = state.get("date") if state.get("provider") else None
+            return args
+        if tool_name == "book_appointment":
+            args["time"] = parse_time(text) or state.get("time")
+            args["patient_name"] = _patient_name(text) or state.get("patient_name")
+            return args
+        if tool_name == "access_patient_portal":
+            return {"section": _section_of(text)}
+        if tool_name == "escalate_to_human":
+            return {"reason": _reason_of(text)}
+        return {}
+
+    def check(self, tool_name: str, args: JSON) -> bool:
+        if args.get("provider") and not self.find_providers(str(args["provider"])):
+            return False
+        if args.get("date"):
+            try:
+                if _day(str(args["date"])) < self._clock().date():
+                    return False
+            except ValueError:
+                return False
+        return True
+
+    def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None:
+        for key in ("provider", "date", "time", "patient_name"):
+            if args.get(key):
+                state[key] = args[key]
+        if result.get("booked"):
+            state.pop("time", None)
+
+    def mask(self, text: str) -> str:
+        today = self._clock().date()
+        out = text
+        if parse_date(text, today):
+            out += " DATE"
+        if parse_time(text):
+            out += " TIME"
+        return out
+
+
+def _day(text: str) -> dt.date:
+    return dt.date.fromisoformat(text)
+
+
+def _nice(iso: str) -> str:
+    return dt.date.fromisoformat(iso).strftime("%A %B %d").replace(" 0", " ")
+
+
+def _part(hhmm: str) -> str:
+    hour = int(hhmm[:2])
+    return "morning" if hour < 12 else "afternoon" if hour < 17 else "evening"
+
+
+def _relative(when: str, today: dt.date) -> str:
+    offset, hhmm = when.split()
+    return f"{(today + dt.timedelta(days=int(offset[:-1]))).isoformat()} {hhmm}"
+
+
+def _provider_label(found: list[Provider], text: str) -> str | None:
+    if not found:
+        return None
+    if len(found) == 1 or len({p.specialty for p in found}) > 1:
+        return found[0].name
+    named = [p for p in found if any(n in normalize(text).split()
+                                     for n in normalize(p.name).split()[2:])]
+    return named[0].name if len(named) == 1 else found[0].specialty
+
+
+def _patient_name(text: str) -> str | None:
+    import re
+    m = re.search(r"(?:my name is|name is|i am|i'm|for|patient|name:)\s+"
+                  r"([A-Z][a-z]+(?:[ -][A-Z][a-z]+){1,2})", text)
+    if m and m.group(1).split()[0] not in ("Dr", "Doctor", "Monday", "Tuesday", "Wednesday",
+                                          "Thursday", "Friday", "Saturday", "Sunday"):
+        return m.group(1)
+    m = re.fullmatch(r"\s*([A-Z][a-z]+(?: [A-Z][a-z]+){1,2})\s*\.?\s*", text)
+    return m.group(1) if m else None
+
+
+_SECTIONS = (("results", ("result", "lab", "test", "blood work", "bloodwork", "report")),
+             ("prescriptions", ("prescription", "refill", "medication", "medicine", "pill",
+                                "meds", "drug", "pharmacy")),
+             ("billing", ("bill", "balance", "owe", "payment", "pay", "invoice", "charge")),
+             ("appointments", ("appointment", "visit", "booking", "scheduled", "upcoming")))
+
+
+def _section_of(text: str) -> str | None:
+    low = text.lower()
+    for section, cues in _SECTIONS:
+        if any(c in low for c in cues):
+            return section
+    return None
+
+
+_REASONS = (("urgent", ("chest pain", "emergency", "urgent", "can't breathe", "bleeding",
+                        "breathing", "faint", "severe", "suicid", "overdose", "stroke",
+                        "right now", "immediately", "allergic reaction", "unconscious")),
+            ("billing", ("bill", "insurance", "charge", "payment", "invoice", "refund",
+                         "copay")),
+            ("records", ("record", "form", "letter", "transfer", "certificate", "copy")),
+            ("prescription", ("prescription", "refill", "medication", "pharmacy")))
+
+
+def _reason_of(text: str) -> str:
+    low = text.lower()
+    for reason, cues in _REASONS:
+        if any(c in low for c in cues):
+            return reason
+    return "other"
+
+
+def load_clinic_seed(path: Path) -> tuple[list[Provider], dict[str, JSON]]:
+    data, _ = read_seed(path)
+    providers = [Provider(p["id"], p["name"], p["specialty"], tuple(p["days"]),
+                          p["hours"][0], p["hours"][1], int(p["slot_minutes"]))
+                 for p in data["providers"]]
+    patients: dict[str, Any] = {p["ref"]: p for p in data.get("patients", [])}
+    return providers, patients
+
+
+async def seed_providers(store: Store, providers: list[Provider]) -> None:
+    async with store.transaction() as db:
+        for p in providers:
+            await db.execute(
+                "INSERT OR REPLACE INTO clinic_providers (id, name, specialty, schedule) "
+                "VALUES (?, ?, ?, ?)",
+                (p.id, p.name, p.specialty, json.dumps(
+                    {"days": p.days, "hours": [p.start, p.end], "slot_minutes": p.slot_minutes})))

@@ -1,0 +1,66 @@
+"""The reply: written by the model from the tool results, or a checked template.
+
+A small model can drop a fact, invent a price or drift off topic. So its text is kept only
+if it is non-empty, on topic (it shares words with the facts) and every number in it appears
+in the facts; otherwise the tool's own summary is the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from edged.agents.config import AgentSpec
+from edged.agents.tools import JSON
+from edged.errors import EdgedError
+from edged.models.contract import PRIORITY_HIGH, PRIORITY_NORMAL, GenerateParams, Inference
+
+log = logging.getLogger(__name__)
+_NUM = re.compile(r"\d+(?:[.,:]\d+)*")
+_STOP = frozenset((
+    "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "is", "are", "we",
+    "you", "your", "our", "it", "this", "that",
+))
+
+
+class ReplyWriter:
+    def __init__(self, models: Inference | None) -> None:
+        self._models = models
+
+    async def write(self, spec: AgentSpec, text: str, actions: list[JSON]) -> str:
+        facts = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
+        if not facts:
+            return "Done."
+        if not spec.model_reply or self._models is None:
+            return facts
+        try:
+            gen = await self._models.chat(spec.model, [{"role": "user", "content": _prompt(
+                spec, text, facts)}], GenerateParams(
+                    max_tokens=spec.reply_max_tokens, temperature=0.2, stop=("\n\n",),
+                    priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL))
+        except EdgedError as e:
+            log.warning("agent %s: the model could not write the reply: %s", spec.name,
+                        e.message)
+            return facts
+        candidate = gen.text.strip()
+        return candidate if acceptable(candidate, facts) else facts
+
+
+def _prompt(spec: AgentSpec, text: str, facts: str) -> str:
+    return (f"{spec.instructions}\nFacts: {facts}\nCustomer: {text}\n"
+            "Answer the customer in one or two short sentences, using only the facts.")
+
+
+def acceptable(reply: str, facts: str) -> bool:
+    """Non-empty, on topic, no number that the facts do not contain, nothing left out."""
+    if len(reply) < 8 or len(reply) > 600:
+        return False
+    fact_numbers = set(_NUM.findall(facts.replace(",", "")))
+    if any(n not in fact_numbers for n in _NUM.findall(reply.replace(",", ""))):
+        return False
+    # Every number the facts give (prices, times, ticket ids) must reach the customer.
+    if not fact_numbers <= set(_NUM.findall(reply.replace(",", ""))):
+        return False
+    words = {w for w in re.findall(r"[a-z]+", reply.lower()) if w not in _STOP}
+    fact_words = {w for w in re.findall(r"[a-z]+", facts.lower()) if w not in _STOP}
+    return len(words & fact_words) >= 2

@@ -1,0 +1,351 @@
+"""The retail kiosk's tools over the local catalog, and how their arguments are found in text.
+
+A product the store does not carry still reaches the tool, which says so and offers what it
+has instead: the customer gets an answer, not a shrug.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Annotated, Any, Literal, TypedDict
+
+from edged.agents.catalog import Catalog, Line, Product
+from edged.agents.config import AgentSpec
+from edged.agents.slots import money, normalize, quantity, words
+from edged.agents.tickets import Tickets
+from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
+from edged.store import Store
+
+
+class QuoteLine(TypedDict):
+    product: Annotated[str, Limits(max_length=80)]
+    quantity: Annotated[int, Limits(minimum=1, maximum=500)]
+
+
+TicketTopic = Literal["repair", "return", "order", "staff", "complaint", "other"]
+
+
+def _row(p: Product, stock: dict[str, int], here: str) -> JSON:
+    return {"sku": p.sku, "name": p.name, "price": p.price,
+            "in_stock_here": stock.get(here, 0),
+            "elsewhere": {s: q for s, q in stock.items() if s != here and q > 0}}
+
+
+class RetailTools:
+    def __init__(self, spec: AgentSpec, store: Store, catalog: Catalog, tickets: Tickets) -> None:
+        self._spec = spec
+        self._store = store
+        self.catalog = catalog
+        self._tickets = tickets
+        self.here = spec.store or next(iter(catalog.stores), "")
+
+    def tools(self) -> list[Tool]:
+        return collect(self)
+
+    async def _stock(self, skus: list[str]) -> dict[str, dict[str, int]]:
+        marks = ",".join("?" * len(skus))
+        rows = await self._store.fetchall(
+            f"SELECT sku, store, quantity FROM catalog_stock WHERE sku IN ({marks})", skus)
+        stock: dict[str, dict[str, int]] = {s: {} for s in skus}
+        for r in rows:
+            stock[r["sku"]][r["store"]] = r["quantity"]
+        return stock
+
+    @tool
+    async def check_inventory(
+        self, ctx: ToolContext, product: Annotated[str, Limits(max_length=80)],
+        color: str | None = None, storage: str | None = None, size: str | None = None,
+    ) -> JSON:
+        """Check whether a product is in stock in this store and the others.
+
+        Args:
+            product: product name, model or SKU as the customer said it
+            color: wanted color, if any
+            storage: wanted storage, e.g. 256GB
+            size: wanted size, e.g. 65in or 46mm
+
+        Keywords: stock, in stock, available, availability, have, carry, sell, left
+        """
+        line = self.catalog.match_line(product)
+        if line is None:
+            return await self._not_carried(product)
+        wanted = " ".join(v for v in (color, storage, size) if v)
+        variants = self.catalog.variants(line.line, wanted) if wanted else list(line.line.variants)
+        if not variants:
+            options = sorted({_variant_label(p) for p in line.line.variants})
+            return {"carried": True, "product": line.line.model, "variant_found": False,
+                    "asked": wanted, "options": options,
+                    "summary": f"We carry the {line.line.model}, but not in {wanted}. "
+                               f"It comes in: {', '.join(options)}."}
+        stock = await self._stock([p.sku for p in variants])
+        rows = [_row(p, stock[p.sku], self.here) for p in variants]
+        here = sum(r["in_stock_here"] for r in rows)
+        return {"carried": True, "product": line.line.model, "variant_found": True,
+                "in_stock_here": here, "store": self.here, "variants": rows[:8],
+                "summary": self._stock_summary(line.line, rows, here, wanted)}
+
+    def _stock_summary(self, line: Line, rows: list[JSON], here: int, wanted: str) -> str:
+        what = f"{line.model} {wanted}".strip()
+        if here:
+            avail = [r for r in rows if r["in_stock_here"]]
+            top = ", ".join(f"{r['name']} ({r['in_stock_here']} left, ${r['price']:.2f})"
+                            for r in avail[:3])
+            return f"Yes, we have the {what} in stock here: {top}."
+        elsewhere = sorted({s for r in rows for s in r["elsewhere"]})
+        if elsewhere:
+            names = ", ".join(self.catalog.stores.get(s, s) for s in elsewhere)
+            return f"The {what} is out of stock here, but available at: {names}."
+        return f"The {what} is out of stock in all our stores."
+
+    async def _not_carried(self, product: str) -> JSON:
+        category = self.catalog.category_of(product)
+        alternatives = await self._in_stock_of(category, None, exclude=None) if category else []
+        names = ", ".join(f"{a['name']} (${a['price']:.2f})" for a in alternatives[:3])
+        summary = f"Sorry, we don't carry {product}."
+        if names:
+            summary += f" In stock instead: {names}."
+        return {"carried": False, "product": product, "category": category,
+                "alternatives": alternatives[:3], "summary": summary}
+
+    async def _in_stock_of(self, category: str | None, price: float | None,
+                           exclude: Line | None, cap: float | None = None) -> list[JSON]:
+        rows = await self._store.fetchall(
+            "SELECT p.sku, p.name, p.model, p.price, s.quantity FROM catalog_products p "
+            "JOIN catalog_stock s ON s.sku = p.sku "
+            "WHERE p.category = ? AND s.store = ? AND s.quantity > 0 "
+            "AND p.price <= ? ORDER BY p.price",
+            (category, self.here, cap if cap is not None else 1e12))
+        found = [{"sku": r["sku"], "name": r["name"], "price": r["price"],
+                  "in_stock_here": r["quantity"], "model": r["model"]}
+                 for r in rows if exclude is None or r["model"] != exclude.model]
+        if price is not None:
+            found.sort(key=lambda a: abs(a["price"] - price))
+        seen: set[str] = set()
+        unique = []
+        for a in found:  # one variant per model, so three suggestions are three choices
+            if a["model"] not in seen:
+                seen.add(a["model"])
+                unique.append({k: v for k, v in a.items() if k != "model"})
+        return unique
+
+    @tool
+    async def find_alternatives(
+        self, ctx: ToolContext, product: Annotated[str, Limits(max_length=80)],
+        max_price: Annotated[float, Limits(minimum=0, maximum=100000)] | None = None,
+    ) -> JSON:
+        """Suggest in-stock products of the same category at a similar price.
+
+        Args:
+            product: the product to replace, or a category such as laptops
+            max_price: the customer's budget, if they gave one
+
+        Keywords: alternative, instead, similar, cheaper, recommend, suggest, other options
+        """
+        match = self.catalog.match_line(product)
+        category = match.line.category if match else self.catalog.category_of(product)
+        if category is None:
+            return {"found": False, "product": product, "alternatives": [],
+                    "summary": f"I couldn't tell what kind of product {product} is."}
+        price = match.line.variants[0].price if match else max_price
+        alternatives = await self._in_stock_of(category, price, match.line if match else None,
+                                               cap=max_price)
+        if match and price is not None and max_price is None:  # near the price: within 40%
+            alternatives = [a for a in alternatives if abs(a["price"] - price) <= 0.4 * price
+                            ] or alternatives
+        top = alternatives[:3]
+        names = ", ".join(f"{a['name']} (${a['price']:.2f})" for a in top)
+        base = match.line.model if match else category
+        summary = (f"Instead of the {base}, we have in stock: {names}." if top
+                   else f"I found no in-stock alternatives to the {base}.")
+        return {"found": bool(top), "product": base, "category": category,
+                "alternatives": top, "summary": summary}
+
+    @tool
+    async def create_price_quote(
+        self, ctx: ToolContext, items: Annotated[list[QuoteLine], Limits(max_items=10)],
+    ) -> JSON:
+        """Price a list of products with quantities, discounts and tax.
+
+        Args:
+            items: each product and how many units
+
+        Keywords: quote, price, cost, how much, total, estimate, buy, bulk
+        """
+        lines, missing = [], []
+        for item in items:
+            match = self.catalog.match_line(item["product"])
+            if match is None:
+                missing.append(item["product"])
+                continue
+            product = self.catalog.variants(match.line, item["product"]) or [
+                match.line.variants[0]]
+            lines.append(self._price_line(product[0], item["quantity"]))
+        if not lines:
+            return {"quoted": False, "not_carried": missing,
+                    "summary": f"Sorry, we don't carry {', '.join(missing)}."}
+        return await self._save_quote(ctx, lines, missing)
+
+    def _price_line(self, p: Product, qty: int) -> JSON:
+        percent = max((d.percent for d in self._spec.discounts
+                       if d.min_quantity is not None and qty >= d.min_quantity), default=0.0)
+        gross = round(p.price * qty, 2)
+        return {"sku": p.sku, "name": p.name, "quantity": qty, "unit_price": p.price,
+                "discount_percent": percent, "amount": round(gross * (1 - percent / 100), 2)}
+
+    async def _save_quote(self, ctx: ToolContext, lines: list[JSON], missing: list[str]) -> JSON:
+        subtotal = round(sum(line["amount"] for line in lines), 2)
+        percent = max((d.percent for d in self._spec.discounts
+                       if d.min_subtotal is not None and subtotal >= d.min_subtotal), default=0.0)
+        discounted = round(subtotal * (1 - percent / 100), 2)
+        tax = round(discounted * self._spec.tax_rate, 2)
+        quote = {"id": f"Q-{uuid.uuid4().hex[:8].upper()}", "lines": lines,
+                 "subtotal": subtotal, "order_discount_percent": percent,
+                 "tax_rate": self._spec.tax_rate, "tax": tax,
+                 "total": round(discounted + tax, 2), "currency": self._spec.currency}
+        async with self._store.transaction() as db:
+            await db.execute("INSERT INTO price_quotes (id, agent, created, body) VALUES "
+                             "(?, ?, ?, ?)", (quote["id"], ctx.agent, time.time(),
+                                              json.dumps(quote)))
+        items = ", ".join(f"{ln['quantity']} x {ln['name']}" for ln in lines)
+        summary = (f"Quote {quote['id']}: {items}. Subtotal ${subtotal:.2f}, tax ${tax:.2f}, "
+                   f"total ${quote['total']:.2f}.")
+        if missing:
+            summary += f" We don't carry {', '.join(missing)}."
+        return {"quoted": True, **quote, "not_carried": missing, "summary": summary}
+
+    @tool
+    async def create_ticket(
+        self, ctx: ToolContext, topic: TicketTopic,
+        summary: Annotated[str, Limits(max_length=200)],
+    ) -> JSON:
+        """Ask a staff member to help: repairs, returns, orders, complaints or anything else.
+
+        Args:
+            topic: what kind of help is needed
+            summary: the request in a sentence
+
+        Keywords: staff, person, human, employee, help desk, repair, return, refund, complaint
+        """
+        ticket = await self._tickets.open(ctx.agent, topic, {"summary": summary,
+                                                              "store": self.here})
+        return {"ticket": ticket, "topic": topic,
+                "summary": f"I've asked a staff member to help with your {topic} request "
+                           f"(ticket {ticket}); someone will be with you shortly."}
+
+    # -- finding arguments in text
+
+    def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
+        """Arguments for ``tool_name`` found in ``text``; the last product fills a gap."""
+        match = self.catalog.match_line(text)
+        last = state.get("product")
+        product = match.line.model if match else _residual(text) or last
+        if tool_name == "check_inventory":
+            line = match.line if match else (self._line_named(last) if last else None)
+            args: JSON = {"product": product}
+            if line is not None:
+                for key in ("color", "storage", "size"):
+                    args[key] = self.catalog.attribute_in(line, key, text)
+            return args
+        if tool_name == "find_alternatives":
+            category = self.catalog.category_of(text)
+            return {"product": product if match or not category else category,
+                    "max_price": money(text)}
+        if tool_name == "create_price_quote":
+            return {"items": self._quote_items(text, last)}
+        if tool_name == "create_ticket":
+            return {"topic": _ticket_topic(text), "summary": text.strip()[:200]}
+        return {}
+
+    def _line_named(self, model: str) -> Line | None:
+        found = self.catalog.match_line(model)
+        return found.line if found else None
+
+    def _quote_items(self, text: str, last: str | None) -> list[JSON]:
+        items = []
+        for part in re.split(r"\band\b|,|\bplus\b|\+", text):
+            match = self.catalog.match_line(part)
+            if match is None:
+                continue
+            rest = " ".join(w for w in words(part) if w not in match.span)
+            attrs = " ".join(v for k in ("storage", "size", "color")
+                             if (v := self.catalog.attribute_in(match.line, k, part)))
+            items.append({"product": f"{match.line.model} {attrs}".strip(),
+                          "quantity": quantity(rest) or 1})
+        if not items and last:
+            items.append({"product": last, "quantity": quantity(text) or 1})
+        return items
+
+    def check(self, tool_name: str, args: JSON) -> bool:
+        """Do the arguments name things the catalog knows?"""
+        if tool_name in ("check_inventory", "find_alternatives"):
+            product = str(args.get("product") or "")
+            return bool(product) and (self.catalog.match_line(product) is not None
+                                      or self.catalog.category_of(product) is not None)
+        if tool_name == "create_price_quote":
+            items = args.get("items") or []
+            return bool(items) and all(self.catalog.match_line(str(i.get("product", "")))
+                                       for i in items)
+        return True
+
+    def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None:
+        """Keep what a follow-up ("and in black?") will refer to."""
+        product = result.get("product") if result.get("carried", True) else None
+        if tool_name == "create_price_quote" and result.get("lines"):
+            product = self._model_of(result["lines"][0]["sku"])
+        if product:
+            state["product"] = product
+
+    def _model_of(self, sku: str) -> str | None:
+        p = self.catalog.by_sku.get(sku.lower())
+        return p.model if p else None
+
+    def mask(self, text: str) -> str:
+        """Product names and numbers out, so routing sees the request, not the item."""
+        match = self.catalog.match_line(text)
+        out = " ".join(w for w in words(text) if not match or w not in match.span)
+        return re.sub(r"\b\d+(?:gb|tb|mm|in)?\b", "NUM", out)
+
+
+def _variant_label(p: Product) -> str:
+    return " ".join(v for k, v in p.attributes.items() if k != "color_family")
+
+
+_FILLER = frozenset((
+    "do", "does", "you", "have", "has", "got", "is", "are", "there", "any", "the", "a", "an",
+    "in", "stock", "available", "carry", "sell", "i", "want", "need", "looking", "for",
+    "check", "can", "could", "would", "like", "please", "me", "my", "your", "store", "this",
+    "today", "still", "left", "of", "some", "price", "how", "much", "quote", "on", "with",
+    "get", "to", "buy", "what", "whats", "about", "and", "or", "hi", "hello", "hey", "know",
+    "tell", "if", "it", "there's", "sorry", "instead", "similar", "alternatives", "something",
+    "else", "other", "cheaper", "than", "under", "options", "one", "ones",
+))
+
+
+def _residual(text: str) -> str | None:
+    """What is left of the text once request words are gone: an unknown product's name."""
+    rest = [w for w in normalize(text).split() if w not in _FILLER]
+    return " ".join(rest[:5]) or None
+
+
+_TOPICS = (("repair", ("repair", "broken", "fix", "cracked", "screen", "warranty", "damaged")),
+           ("return", ("return", "refund", "exchange", "money back")),
+           ("order", ("order", "pickup", "pick up", "delivery", "reserve", "collect")),
+           ("complaint", ("complain", "complaint", "rude", "unhappy", "terrible")),
+           ("staff", ("staff", "person", "human", "employee", "someone", "assistant",
+                      "manager", "talk to")))
+
+
+def _ticket_topic(text: str) -> str:
+    low = text.lower()
+    for topic, cues in _TOPICS:
+        if any(c in low for c in cues):
+            return topic
+    return "other"
+
+
+def extracted(args: dict[str, Any]) -> dict[str, Any]:
+    """Arguments without the empty ones."""
+    return {k: v for k, v in args.items() if v not in (None, "", [])}

@@ -1,0 +1,326 @@
+"""One conversational turn: route, fill slots, run tools, write the reply.
+
+Tool choice is the runtime's job, not free generation: the router picks an intent from
+examples, slots come from deterministic extraction checked against the catalog or schedule
+(the model proposes arguments by grammar-constrained JSON only when that falls short), and
+dialogue state (the last product, a half-filled request) lives in code. The model writes the
+reply from the tool results; a checked template stands in when its text will not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edged.agents import portal
+from edged.agents.config import AgentSpec
+from edged.agents.metrics import AgentMetrics
+from edged.agents.reply import ReplyWriter
+from edged.agents.router import Router
+from edged.agents.sessions import Session, SessionStore
+from edged.agents.slotfill import SlotFiller
+from edged.agents.tools import JSON, Tool, ToolContext, validate
+from edged.api.peer import Peer, Role
+from edged.audit.sink import AuditSink
+from edged.errors import BadRequest, EdgedError, Forbidden, NotFound
+from edged.models.contract import Inference
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 2000
+CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
+QUESTIONS = {
+    "product": "Which product do you mean?",
+    "items": "Which products would you like priced, and how many of each?",
+    "provider": "Which doctor or kind of appointment would you like?",
+    "date": "Which day would suit you?",
+    "time": "What time would you like?",
+    "patient_name": "May I have the patient's full name?",
+    "section": "Would you like your appointments, results, prescriptions or billing?",
+}
+FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
+
+EventSink = Callable[[JSON], Awaitable[None]]
+
+
+class Toolset(Protocol):
+    def tools(self) -> list[Tool]: ...
+
+    def extract(self, tool_name: str, text: str, state: JSON) -> JSON: ...
+
+    def check(self, tool_name: str, args: JSON) -> bool: ...
+
+    def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None: ...
+
+    def mask(self, text: str) -> str: ...
+
+
+@dataclass
+class Agent:
+    spec: AgentSpec
+    router: Router
+    tools: dict[str, tuple[Tool, Toolset]]  # only the allowlisted ones
+    replies: dict[str, str]  # canned answers by intent
+    mask: Callable[[str], str]  # entities out before routing
+    embed_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    embed_state: str = "not tried"
+
+    def may_use(self, peer: Peer) -> bool:
+        if peer.role >= Role.ADMIN or not self.spec.allowed_groups:
+            return True
+        return bool(set(self.spec.allowed_groups) & peer.groups)
+
+
+@dataclass
+class Turn:
+    session_id: str
+    reply: str
+    actions: list[JSON]
+    intent: str | None = None
+    route_ms: float = 0.0
+
+    def body(self) -> JSON:
+        return {"session_id": self.session_id, "reply": self.reply, "actions": self.actions}
+
+
+class AgentRuntime:
+    def __init__(self, agents: dict[str, Agent], sessions: SessionStore,
+                 models: Inference | None, audit: AuditSink, metrics: AgentMetrics) -> None:
+        self.agents = agents
+        self._sessions = sessions
+        self._models = models
+        self._audit = audit
+        self._metrics = metrics
+        self._slots = SlotFiller(models)
+        self._writer = ReplyWriter(models)
+
+    def health(self) -> dict[str, Any]:
+        return {name: {"routing": a.embed_state, "tools": len(a.tools)}
+                for name, a in self.agents.items()}
+
+    async def run(self) -> None:
+        """Expired sessions go, once a minute (expiry is also checked on every load)."""
+        while True:
+            gone = await self._sessions.purge()
+            if gone:
+                log.info("agents: %d expired sessions removed", gone)
+            await asyncio.sleep(60)
+
+    def visible(self, peer: Peer) -> list[Agent]:
+        return [a for a in self.agents.values() if a.may_use(peer)]
+
+    def agent_for(self, name: str, peer: Peer) -> Agent:
+        agent = self.agents.get(name)
+        if agent is None:
+            raise NotFound(f"no agent named {name!r}", code="unknown_agent")
+        if not agent.may_use(peer):
+            raise Forbidden(f"agent {name!r} is only for the groups "
+                            f"{', '.join(agent.spec.allowed_groups)}")
+        return agent
+
+    async def chat(self, name: str, peer: Peer, message: str, session_id: str | None,
+                   token: str | None = None, events: EventSink | None = None) -> Turn:
+        agent = self.agent_for(name, peer)
+        text = message.strip()
+        if not text or len(text) > MAX_MESSAGE:
+            raise BadRequest(f"message: must be 1 to {MAX_MESSAGE} characters")
+        session = (await self._sessions.load(session_id, name, peer.uid) if session_id
+                   else self._sessions.create(name, peer.uid))
+        started = time.perf_counter()
+        found = portal.find_token(text)
+        if found:  # a pasted token is a credential, not words to route or keep in history
+            text = text.replace(found, " ").strip() or "open my patient portal"
+        token = token or found or session.state.get("token")
+        if token and agent.spec.phi:
+            session.state["token"] = token  # the session is encrypted at rest
+        turn = await self._turn(agent, session, peer, text, token, events)
+        self._remember_exchange(session, text, turn.reply)
+        await self._sessions.save(session, encrypt=agent.spec.phi)
+        self._metrics.turns.labels(name, "tool" if turn.actions else "talk").inc()
+        self._metrics.turn_seconds.labels(name).observe(time.perf_counter() - started)
+        return turn
+
+    @staticmethod
+    def _remember_exchange(session: Session, text: str, reply: str) -> None:
+        history = session.state.setdefault("history", [])
+        history.append([text[:300], reply[:300]])
+        del history[:-6]
+
+    async def _turn(self, agent: Agent, session: Session, peer: Peer, text: str,
+                    token: str | None, events: EventSink | None) -> Turn:
+        state = session.state
+        t0 = time.perf_counter()
+        intent = await self._intent(agent, state, text)
+        route_ms = (time.perf_counter() - t0) * 1000
+        self._metrics.route_seconds.labels(agent.spec.name).observe(route_ms / 1000)
+        if intent is None:
+            return await self._no_intent(agent, session, peer, text, token, events, route_ms)
+        state["misses"] = 0
+        if intent in agent.replies:
+            return Turn(session.id, agent.replies[intent], [], intent, route_ms)
+        tool, toolset = agent.tools[intent]
+        args = await self._fill(agent, tool, toolset, text, state)
+        missing = [k for k in tool.schema["required"] if k not in args]
+        if missing:
+            state["pending"] = {"tool": tool.name, "args": args}
+            return Turn(session.id, QUESTIONS.get(missing[0], "Could you tell me a bit more?"),
+                        [], intent, route_ms)
+        state.pop("pending", None)
+        ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
+        actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
+        reply = await self._writer.write(agent.spec, text, actions)
+        return Turn(session.id, reply, actions, intent, route_ms)
+
+    async def _intent(self, agent: Agent, state: JSON, text: str) -> str | None:
+        route = agent.router.route(text, await self._query_vector(agent, text))
+        strong = route.intent if route.score >= agent.spec.route_threshold else None
+        pending = state.get("pending")
+        if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
+            return str(pending["tool"])
+        if strong is None and state.get("last_tool") and _looks_like_followup(text):
+            return str(state["last_tool"])
+        if strong is not None and strong not in agent.tools and strong not in agent.replies:
+            return None  # an intent whose tool is not on the allowlist never runs
+        return strong
+
+    async def _no_intent(self, agent: Agent, session: Session, peer: Peer, text: str,
+                         token: str | None, events: EventSink | None, route_ms: float) -> Turn:
+        """First miss: ask to rephrase. Second in a row: hand off to a person."""
+        state = session.state
+        state["misses"] = int(state.get("misses", 0)) + 1
+        handoff = next((n for n in ("create_ticket", "escalate_to_human") if n in agent.tools),
+                       None)
+        if state["misses"] < 2 or handoff is None:
+            return Turn(session.id, _clarify(agent), [], None, route_ms)
+        state["misses"] = 0
+        toolset = agent.tools[handoff][1]
+        args = toolset.extract(handoff, text, state)
+        ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
+        actions = await self._run_chain(agent, ctx, handoff, _clean(args), state, events)
+        reply = "I'm not sure I can help with that, so I've asked a staff member to come over."
+        return Turn(session.id, reply, actions, handoff, route_ms)
+
+    async def _query_vector(self, agent: Agent, text: str) -> list[float] | None:
+        if self._models is None or not await self._warm(agent):
+            return None
+        try:
+            masked = agent.mask(text)
+            return (await self._models.embed(agent.spec.model, [masked]))[0]
+        except EdgedError as e:
+            log.warning("agent %s: embedding the request failed (%s); lexical routing only",
+                        agent.spec.name, e.message)
+            return None
+
+    async def _warm(self, agent: Agent) -> bool:
+        """Embed the routing examples once (the first turn waits for it)."""
+        async with agent.embed_lock:
+            if agent.embed_state == "not tried" and self._models is not None:
+                texts = [agent.mask(e) for _, e in agent.router.example_texts()]
+                try:
+                    agent.router.set_embeddings(
+                        await self._models.embed(agent.spec.model, texts))
+                    agent.embed_state = "ready"
+                except EdgedError as e:
+                    agent.embed_state = f"unavailable: {e.message}"
+                    log.warning("agent %s: no embeddings (%s); routing by words only",
+                                agent.spec.name, e.message)
+        return agent.router.embedded
+
+    async def _fill(self, agent: Agent, tool: Tool, toolset: Toolset, text: str,
+                    state: JSON) -> JSON:
+        pending = state.get("pending") or {}
+        base = dict(pending.get("args", {})) if pending.get("tool") == tool.name else {}
+        found = _clean(toolset.extract(tool.name, text, state))
+        args = {**base, **found}
+        if _valid(tool, args) and toolset.check(tool.name, args):
+            return args
+        if agent.spec.model_slots:
+            proposed = await self._slots.propose(agent.spec, tool, text)
+            if proposed and _valid(tool, {**proposed, **args}) and toolset.check(
+                    tool.name, {**proposed, **args}):
+                return {**proposed, **args}
+        return args
+
+    async def _run_chain(self, agent: Agent, ctx: ToolContext, name: str, args: JSON,
+                         state: JSON, events: EventSink | None) -> list[JSON]:
+        actions: list[JSON] = []
+        step: tuple[str, JSON] | None = (name, args)
+        while step is not None and len(actions) < agent.spec.max_steps:
+            tool_name, tool_args = step
+            result = await self.run_tool(agent, ctx, tool_name, tool_args)
+            action = {"tool": tool_name, "arguments": tool_args, "result": result}
+            actions.append(action)
+            if events is not None:
+                await events({"type": "action", **action})
+            if tool_name in agent.tools and "error" not in result:
+                agent.tools[tool_name][1].remember(tool_name, tool_args, result, state)
+                state["last_tool"] = tool_name
+            step = _next_step(agent, tool_name, tool_args, result)
+        return actions
+
+    async def run_tool(self, agent: Agent, ctx: ToolContext, name: str, args: JSON) -> JSON:
+        """Run one tool for an agent: allowlist, schema, timeout, audit. Never raises for a
+        tool's own failure; the result says what went wrong."""
+        started = time.perf_counter()
+        outcome, result = "ok", {}
+        try:
+            if name not in agent.tools:  # whatever produced the name, it is not allowed
+                raise Forbidden(f"tool {name!r} is not allowed for agent {agent.spec.name!r}")
+            tool = agent.tools[name][0]
+            clean = validate(tool.schema, args)
+            result = await asyncio.wait_for(tool.fn(ctx, **clean), agent.spec.tool_timeout)
+        except TimeoutError:
+            outcome, result = "timeout", {"error": "timeout", "summary":
+                                          "That took too long; please try again."}
+        except EdgedError as e:
+            outcome, result = e.code, {"error": e.code, "summary": e.message}
+        duration = time.perf_counter() - started
+        self._metrics.tool_calls.labels(agent.spec.name, name, outcome).inc()
+        await self._audit.append("tool.call", f"agent:{agent.spec.name}", {
+            "session": ctx.session_id, "uid": ctx.uid, "tool": name, "arguments": args,
+            "result": result, "duration_ms": round(duration * 1000, 1), "outcome": outcome})
+        return result
+
+
+def _next_step(agent: Agent, name: str, args: JSON, result: JSON) -> tuple[str, JSON] | None:
+    """Out of stock here: look for alternatives at once, as a shop assistant would."""
+    if (name == "check_inventory" and result.get("carried") and result.get("variant_found")
+            and not result.get("in_stock_here") and "find_alternatives" in agent.tools):
+        return "find_alternatives", {"product": result["product"]}
+    return None
+
+
+def _valid(tool: Tool, args: JSON) -> bool:
+    try:
+        validate(tool.schema, args)
+    except BadRequest:
+        return False
+    return True
+
+
+def _clean(args: JSON) -> JSON:
+    return {k: v for k, v in args.items() if v not in (None, "", [])}
+
+
+def _looks_like_followup(text: str) -> bool:
+    low = text.lower().strip()
+    return low.startswith(FOLLOWUP_STARTS) or len(low.split()) <= 4
+
+
+def _clarify(agent: Agent) -> str:
+    what = ", ".join(t.replace("_", " ") for t in agent.tools)
+    return f"Sorry, I didn't catch that. I can help with: {what}. Could you rephrase?"
+
+
+def tool_specs(agent: Agent) -> list[JSON]:
+    return [tool.spec() for tool, _ in agent.tools.values()]
+
+
+def describe(agent: Agent) -> dict[str, Any]:
+    return {"name": agent.spec.name, "description": agent.spec.description,
+            "model": agent.spec.model, "tools": list(agent.tools),
+            "phi": agent.spec.phi, "routing": agent.embed_state}

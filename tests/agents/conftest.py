@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edgedtest import (
+    MODEL_CACHE,
+    REPO,
+    RunningDaemon,
+    base_config,
+    bundled_alias,
+    bundled_model,
+    deep_merge,
+    short_tmpdir,
+    start_daemon,
+)
+
+KIOSK_TOOLS = ["check_inventory", "find_alternatives", "create_price_quote", "create_ticket"]
+CLINIC_TOOLS = ["check_appointment_availability", "book_appointment", "access_patient_portal",
+                "escalate_to_human"]
+
+
+def agents_config(state_dir: Path, *, model: bool = True, **agents: Any) -> dict[str, Any]:
+    """The shipped kiosk and clinic agents on the bundled model (or, with ``model=False``,
+    on a model alias that is never loaded: routing by words, template replies)."""
+    common = {"model": "gemma3-270m", "model_slots": model, "model_reply": model}
+    doc = {
+        "models": {"cache_dir": str(MODEL_CACHE.parent), "gemma3-270m": bundled_alias(
+            embedding=True, context=1024, chat_format="gemma-base")},
+        "agents": {
+            "data_dir": str(REPO / "config" / "data"),
+            "kiosk": {**common, "tools": KIOSK_TOOLS, "store": "downtown", "tax_rate": 0.08,
+                      "discounts": [{"min_quantity": 5, "percent": 5.0}],
+                      "examples_file": str(REPO / "config" / "agents" / "kiosk.toml"),
+                      "instructions": "You are the assistant of an electronics store."},
+            "clinic": {**common, "tools": CLINIC_TOOLS, "phi": True,
+                       "examples_file": str(REPO / "config" / "agents" / "clinic.toml"),
+                       "instructions": "You are a clinic's patient-support assistant."},
+        },
+    }
+    return deep_merge(deep_merge(base_config(state_dir), doc), {"agents": agents})
+
+
+@pytest.fixture(scope="module")
+def module_tmp() -> Iterator[Path]:
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def agents_daemon(module_tmp: Path) -> Iterator[RunningDaemon]:
+    """One daemon per module with both agents, embeddings routing disabled unless the
+    module's tests load the model themselves (``model_daemon``)."""
+    d = start_daemon(agents_config(module_tmp / "st", model=False), state_dir=module_tmp / "st")
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def model_daemon(module_tmp: Path) -> Iterator[RunningDaemon]:
+    bundled_model()
+    d = start_daemon(agents_config(module_tmp / "sm"), state_dir=module_tmp / "sm")
+    yield d
+    d.stop()
