@@ -22,6 +22,7 @@ from typing import Any
 from edged.agents import tables as agent_tables
 from edged.agents.api import AgentRoutes
 from edged.agents.assemble import build_runtime as build_agent_runtime
+from edged.agents.reload import AgentsReloader
 from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
@@ -104,6 +105,8 @@ class Daemon:
         wiring.routes.append(AgentRoutes(agents))
         wiring.health["agents"] = agents.health
         wiring.background.append(("agents", agents.run))
+        wiring.reloadable.append(ReloadTarget("agents", ("agents",), AgentsReloader(
+            agents, cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, outbox=outbox)))
         # -- remote (edged/remote): config bundles, pull, apply and roll back
         remote = RemoteComponent(cfg, store, targets=wiring.reloadable, health=wiring.health,
                                  audit=audit, outbox=outbox, inference=models)
@@ -125,6 +128,7 @@ class Daemon:
             audit=audit, power=power)
         wiring.background += [("power", power.run), ("models", models.run)]
         wiring.health["models"] = models.health
+        wiring.reloadable.append(ReloadTarget("models", ("models", "budget"), models))
         wiring.health["power"] = power.health
         wiring.routes.append(ModelRoutes(models))
         wiring.status.append(models.status_line)

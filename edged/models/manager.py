@@ -23,13 +23,14 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 
 from edged.audit.sink import AuditSink
+from edged.config import Config
 from edged.errors import BadRequest, Conflict, QueueFull, Unavailable
 from edged.models.backend import Backend, LoadedModel, TokenSink
 from edged.models.budget import Ledger, mib
 from edged.models.catalog import Catalog
 from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
 from edged.models.contract import GenerateParams, Generation
-from edged.models.memory import LoadMeter, trim_heap
+from edged.models.memory import LoadMeter, budget_bytes, read_memory_facts, trim_heap
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
 from edged.models.worker import Worker
@@ -157,6 +158,31 @@ class ModelManager:
             await asyncio.shield(slot.transition)
         await self._unload(slot, "admin")
         return self._describe(slot)
+
+    async def reload(self, config: Config) -> None:
+        """A pushed config (edged/remote) takes the [models] catalog and [budget] in place.
+        A model whose spec is unchanged keeps its slot, loaded or not; a changed or removed
+        one is unloaded first, and if it is serving requests the push is refused (and
+        rolled back), so no request in flight loses its model."""
+        cfg = config.models
+        stale = [s for a, s in self._slots.items() if cfg.catalog.get(a) != s.spec]
+        for slot in stale:
+            if slot.state == "loaded" and not slot.active:
+                slot.pinned = False
+                await self._unload(slot, "config")
+        busy = [s.spec.alias for s in stale
+                if s.state != "unloaded" or s.active or s.transition is not None]
+        if busy:
+            raise Conflict(f"model {busy[0]!r} is serving requests; push the config again "
+                           "when it is idle", code="model_busy")
+        facts = await asyncio.to_thread(read_memory_facts, cfg.power.cgroup_root)
+        # No await from here on: the swap is atomic for requests arriving meanwhile.
+        self._ledger.total = budget_bytes(cfg.budget, facts)
+        self._cfg, self._catalog = cfg, Catalog(cfg)
+        self._slots = {a: s if (s := self._slots.get(a)) is not None and s.spec == spec
+                       else _Slot(spec) for a, spec in cfg.catalog.items()}
+        self._bump()
+        self._show_budget()
 
     def ps(self) -> dict[str, Any]:
         loaded = [self._describe(s) for s in self._slots.values() if s.state != "unloaded"]

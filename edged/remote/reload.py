@@ -24,13 +24,24 @@ class Reloadable(Protocol):
 @dataclass(frozen=True)
 class ReloadTarget:
     name: str
-    sections: tuple[str, ...]  # fields of Config whose changes it takes in place
+    sections: tuple[str, ...]  # TOML sections whose changes it takes in place
     component: Reloadable
 
 
+def _sections(cfg: Config) -> dict[str, object]:
+    """The config by TOML section: [models], [budget] and [power] live in one dataclass."""
+    parts: dict[str, object] = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                                if f.name not in ("source", "models")}
+    m = cfg.models
+    parts["models"] = (m.catalog, m.default, m.cache_dir)
+    parts["budget"] = m.budget
+    parts["power"] = m.power
+    return parts
+
+
 def changed_sections(old: Config, new: Config) -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)
-            if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
+    before, after = _sections(old), _sections(new)
+    return sorted(name for name in after if before[name] != after[name])
 
 
 def affected(targets: Sequence[ReloadTarget], changed: Sequence[str]) -> list[ReloadTarget]:

@@ -1,0 +1,53 @@
+"""Taking a pushed ``[agents]`` config in place (see edged/remote/reload.py).
+
+The new agents are built completely (tools, seed data, routing examples) before one
+assignment swaps them in; a chat already running finishes with the agent it started with.
+Sessions keep their store: a change of ``session_key`` or ``session_ttl`` is refused in
+place (it needs a restart), so the push is rolled back rather than half applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from edged.agents import portal
+from edged.agents.assemble import _agent, _toolsets
+from edged.agents.config import AgentsConfig
+from edged.agents.runtime import Agent, AgentRuntime
+from edged.agents.sessions import Sealer
+from edged.agents.tickets import Tickets
+from edged.config import Config
+from edged.errors import ConfigError
+from edged.store import Store
+from edged.sync.queue import OutboxQueue
+
+
+class AgentsReloader:
+    def __init__(self, runtime: AgentRuntime, cfg: AgentsConfig, *, keys_dir: Path,
+                 store: Store, outbox: OutboxQueue) -> None:
+        self._runtime = runtime
+        self._cfg = cfg
+        self._keys_dir = keys_dir
+        self._store = store
+        self._outbox = outbox
+
+    async def reload(self, config: Config) -> None:
+        cfg = config.agents
+        for key in ("session_key", "session_ttl"):
+            if getattr(cfg, key) != getattr(self._cfg, key):
+                raise ConfigError(f"agents.{key}: cannot change while edged runs; "
+                                  "it needs a restart", code="restart_required")
+        agents = await self._build(cfg)
+        self._runtime.agents = agents
+        self._cfg = cfg
+
+    async def _build(self, cfg: AgentsConfig) -> dict[str, Agent]:
+        key_file = cfg.session_key or self._keys_dir / "sessions.key"
+        sealer = Sealer(await asyncio.to_thread(portal.load_or_create_key, key_file))
+        tickets = Tickets(self._store, self._outbox)
+        agents = {}
+        for name, spec in cfg.agents.items():
+            toolsets = await _toolsets(cfg, spec, self._keys_dir, self._store, tickets, sealer)
+            agents[name] = await asyncio.to_thread(_agent, spec, toolsets)
+        return agents
