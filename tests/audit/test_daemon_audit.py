@@ -156,3 +156,15 @@ def test_sigkill_under_load_loses_nothing_acknowledged(short_tmp: Path) -> None:
     assert "incomplete frame" in recovery[0]["data"]["problem"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
+
+
+def test_prompts_are_recorded_when_configured(short_tmp: Path) -> None:
+    state = short_tmp / "st"
+    config = deep_merge(base_config(state), {"audit": {"log_prompts": True}})
+    messages = [{"role": "user", "content": "PROMPT-OK-7"}]
+    with running(config, state) as d, pytest.raises(ApiError, match="no such route"):
+        d.client.post("/v1/elsewhere", {"model": "tiny", "messages": messages})
+    records = [e for e in exported(state, "--kind", "api.request") if e["data"]["status"] == 404]
+    assert records[-1]["data"]["prompt_messages"] == messages
+    for _, segment in list_segments(state / "audit"):
+        assert b"PROMPT-OK-7" not in segment.read_bytes()  # encrypted all the same
