@@ -79,7 +79,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = config_for(args)
     setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
-    asyncio.run(Daemon(config).serve())
+    try:
+        asyncio.run(Daemon(config).serve())
+    except EdgedError as e:
+        # Through the log, not print: under systemd it gets the journal's error priority.
+        logging.getLogger("edged").error("cannot serve: %s", e.message)
+        return 1
     return 0
 
 

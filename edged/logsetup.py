@@ -31,7 +31,9 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prio = self._PRIORITY.get(record.levelno, 6)
-        return f"<{prio}>{record.name}: {super().format(record)}"
+        text = f"{record.name}: {super().format(record)}"
+        # journald makes each line an entry: a traceback's lines keep the record's priority.
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines() or [""])
 
 
 def under_journald() -> bool:
