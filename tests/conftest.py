@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.edgedtest import RunningDaemon, base_config, deep_merge, short_tmpdir, start_daemon
+from tests.edgedtest import (
+    RunningDaemon,
+    base_config,
+    bundled_model,
+    deep_merge,
+    short_tmpdir,
+    start_daemon,
+)
 
 
 @pytest.fixture
@@ -44,3 +51,10 @@ def edged(make_config: Callable[..., dict[str, Any]], state_dir: Path
     yield start
     for d in started:
         d.kill()  # a no-op wait for one already stopped; also closes its notify socket
+
+
+@pytest.fixture(scope="session")
+def bundled_model_path() -> Path:
+    """The bundled Gemma 3 270M GGUF, assembled once per machine under
+    /tmp/edged-test-cache/models (set ``models.cache_dir`` to its parent to share it)."""
+    return bundled_model()

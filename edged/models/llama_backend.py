@@ -93,7 +93,8 @@ class LoadedLlama:
         stops = list(params.stop)
         if not isinstance(prompt, str):
             prompt = self._format.render(prompt)
-            stops += [s for s in self._format.stops if s not in stops]
+            if params.grammar is None:  # a grammar says where the output ends; turn markers
+                stops += [s for s in self._format.stops if s not in stops]  # could be in it
         n_prompt = len(self._llm.tokenize(prompt.encode(), add_bos=True, special=True))
         if n_prompt >= self._spec.context:
             raise BadRequest(f"the prompt is {n_prompt} tokens; model {self._spec.alias!r} has "

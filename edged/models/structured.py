@@ -15,6 +15,8 @@ from typing import Any
 
 from edged.errors import BadRequest
 
+_LOOSE_CHAR = 'char ::= [^"\\\\]'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
 # Free text that does not open a JSON object: what "auto" allows besides a tool call.
 _TEXT_RULE = 'text ::= [^{] [^\\x00]*'
 
@@ -30,10 +32,13 @@ def schema_grammar(schema: dict[str, Any], field: str) -> str:
     """GBNF for ``schema``; an unsupported schema is a 400 naming ``field``."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        gbnf = str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as e:  # the converter raises bare Exception/KeyError/... on odd schemas
         raise BadRequest(f"{field}: cannot turn this JSON schema into a grammar: {e}",
                          code="unsupported_schema") from None
+    # This converter lets raw newlines and control characters into strings, which JSON
+    # forbids (and a base model happily writes "\nUser: ..." into a string value).
+    return gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
 def json_object_grammar() -> str:
