@@ -84,7 +84,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except EdgedError as e:
         # Through the log, not print: under systemd it gets the journal's error priority.
         logging.getLogger("edged").error("cannot serve: %s", e.message)
-        return 1
+        # A config or key-file problem will not go away on a restart: EX_CONFIG stops systemd.
+        return EX_CONFIG if isinstance(e, ConfigError) else 1
     return 0
 
 
