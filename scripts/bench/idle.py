@@ -62,6 +62,37 @@ def start(folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
         notify.close()
 
 
+# The reference: the smallest daemon of the same kind, a bare aiohttp app on a Unix socket.
+_REFERENCE = """
+import asyncio, sys
+from aiohttp import web
+async def main():
+    app = web.Application()
+    app.router.add_get("/health", lambda r: web.json_response({"status": "ok"}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, sys.argv[1]).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def reference_rss(folder: Path) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", _REFERENCE, str(folder / "ref.sock")],
+                            stdout=subprocess.PIPE, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise SystemExit("the reference server did not start")
+        return psutil.Process(proc.pid).memory_info().rss / MIB
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def sample(pid: int, window: float) -> dict[str, float]:
     p = psutil.Process(pid)
     p.cpu_times()
@@ -128,6 +159,7 @@ def report(window: float) -> dict[str, Any]:
             proc.send_signal(signal.SIGTERM)
             figures["exit_code"] = proc.wait(60)
         tree = import_tree(log_path.read_text(errors="replace"))
+        figures["reference_rss_mib"] = reference_rss(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     loaded = {name: us for name, us, _ in tree}
@@ -150,6 +182,8 @@ def print_human(f: dict[str, Any]) -> None:
     print(f"  RSS after {f['window_s']:.0f}s   {f['rss_mib']:6.1f} MiB  (target <= "
           f"{RSS_TARGET_MIB} MiB: {verdict}; ratio {f['rss_mib'] / RSS_TARGET_MIB:.2f})")
     print(f"  USS             {f['uss_mib']:6.1f} MiB")
+    print(f"  reference: bare aiohttp app on a Unix socket {f['reference_rss_mib']:.1f} MiB RSS "
+          f"(ratio edged / reference {f['rss_mib'] / f['reference_rss_mib']:.2f})")
     print(f"  CPU over {f['window_s']:.0f}s    {f['cpu_s']:6.3f} s  "
           f"({100 * f['cpu_s'] / f['window_s']:.3f}% of one core), threads {f['threads']}")
     print("  must stay lazy, imported at startup:" + ("" if f["not_lazy"] else " none"))
