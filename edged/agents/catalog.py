@@ -111,7 +111,9 @@ class Catalog:
         if sku is not None:
             line = next(ln for ln in self.lines if sku in ln.variants)
             return LineMatch(line, 1.0, (text.strip().lower(),))
-        query = [w for w in normalize(text.replace("-", "")).split() + normalize(text).split()
+        plain = normalize(text).split()
+        query = [w for w in normalize(text.replace("-", "")).split() + plain
+                 + [w[:-1] for w in plain if len(w) > 3 and w.endswith("s")]  # "dots"
                  if w not in _STOP]
         best: LineMatch | None = None
         for line in self.lines:

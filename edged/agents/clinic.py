@@ -274,8 +274,10 @@ class ClinicTools:
 
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         today = self._clock().date()
-        found = self.find_providers(text)
-        provider = _provider_label(found, text) or state.get("provider")
+        name = _patient_name(text)
+        about = text.replace(name, " ") if name else text  # "Omar Haddad" is not Dr. Haddad
+        found = self.find_providers(about)
+        provider = _provider_label(found, about) or state.get("provider")
         day = parse_date(text, today)
         args: JSON = {"provider": provider, "date": day.isoformat() if day else state.get("date")}
         if tool_name == "check_appointment_availability":
@@ -285,7 +287,7 @@ class ClinicTools:
             return args
         if tool_name == "book_appointment":
             args["time"] = parse_time(text) or state.get("time")
-            args["patient_name"] = _patient_name(text) or state.get("patient_name")
+            args["patient_name"] = name or state.get("patient_name")
             return args
         if tool_name == "access_patient_portal":
             return {"section": _section_of(text)}
@@ -310,6 +312,11 @@ class ClinicTools:
                 state[key] = args[key]
         if result.get("booked"):
             state.pop("time", None)
+
+    def mentions(self, text: str) -> bool:
+        today = self._clock().date()
+        return bool(parse_date(text, today) or parse_time(text) or part_of_day(text)
+                    or self.find_providers(text) or _section_of(text))
 
     def mask(self, text: str) -> str:
         today = self._clock().date()
@@ -340,18 +347,18 @@ def _relative(when: str, today: dt.date) -> str:
 
 
 def _provider_label(found: list[Provider], text: str) -> str | None:
+    """The provider's name when the text named one, else the specialty it asked for."""
     if not found:
         return None
-    if len(found) == 1 or len({p.specialty for p in found}) > 1:
-        return found[0].name
-    named = [p for p in found if any(n in normalize(text).split()
-                                     for n in normalize(p.name).split()[2:])]
-    return named[0].name if len(named) == 1 else found[0].specialty
+    toks = words(text)
+    named = [p for p in found if any(similarity(w, n) >= 0.85 for w in toks
+                                     for n in normalize(p.name).split()[-1:])]
+    return named[0].name if named else found[0].specialty
 
 
 def _patient_name(text: str) -> str | None:
     import re
-    m = re.search(r"(?:my name is|name is|i am|i'm|for|patient|name:)\s+"
+    m = re.search(r"(?i:my name is|name is|i am|i'm|for|patient|name:)\s+"
                   r"([A-Z][a-z]+(?:[ -][A-Z][a-z]+){1,2})", text)
     if m and m.group(1).split()[0] not in ("Dr", "Doctor", "Monday", "Tuesday", "Wednesday",
                                           "Thursday", "Friday", "Saturday", "Sunday"):

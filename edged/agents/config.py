@@ -31,6 +31,7 @@ class AgentSpec:
     tool_timeout: float
     phi: bool  # protected health information: encrypted sessions, nothing leaves the box
     examples_file: Path | None  # routing examples (intent -> utterances)
+    embeddings: bool  # route with the model's embeddings as well as words
     route_threshold: float  # below it the agent asks to rephrase, then hands off
     model_slots: bool  # ask the model (grammar-constrained JSON) when extraction falls short
     model_reply: bool  # let the model write the reply (checked; a template otherwise)
@@ -81,6 +82,7 @@ def _parse_agent(name: str, t: Table) -> AgentSpec:
         tool_timeout=t.duration("tool_timeout", 10.0),
         phi=t.bool("phi", False),
         examples_file=t.path("examples_file", None),
+        embeddings=t.bool("embeddings", True),
         route_threshold=t.float("route_threshold", 0.22, min=0, max=1),
         model_slots=t.bool("model_slots", True),
         model_reply=t.bool("model_reply", True),

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, TypedDict
 
-from edged.agents.catalog import Catalog, Line, Product
+from edged.agents.catalog import COLOR_WORDS, Catalog, Line, Product
 from edged.agents.config import AgentSpec
 from edged.agents.slots import money, normalize, quantity, words
 from edged.agents.tickets import Tickets
@@ -239,8 +239,10 @@ class RetailTools:
 
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         """Arguments for ``tool_name`` found in ``text``; the last product fills a gap."""
-        match = self.catalog.match_line(text)
         last = state.get("product")
+        match = self.catalog.match_line(text)
+        if match is None and last:  # "what about the pro?" after the Pixel 9
+            match = self.catalog.match_line(f"{last} {text}")
         product = match.line.model if match else _residual(text) or last
         if tool_name == "check_inventory":
             line = match.line if match else (self._line_named(last) if last else None)
@@ -301,6 +303,14 @@ class RetailTools:
     def _model_of(self, sku: str) -> str | None:
         p = self.catalog.by_sku.get(sku.lower())
         return p.model if p else None
+
+    def mentions(self, text: str) -> bool:
+        low = " " + normalize(text) + " "
+        return (self.catalog.match_line(text) is not None
+                or any(f" {c} " in low for c in COLOR_WORDS)
+                or re.search(r"\b\d+ ?(?:gb|tb|mm|in|inch)\b|\bpro\b|\bplus\b|\bmax\b|"
+                             r"\bultra\b|\bbigger\b|\bsmaller\b|\bcheaper\b", low) is not None
+                or quantity(text) is not None)
 
     def mask(self, text: str) -> str:
         """Product names and numbers out, so routing sees the request, not the item."""

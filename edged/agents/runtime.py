@@ -42,6 +42,8 @@ QUESTIONS = {
     "patient_name": "May I have the patient's full name?",
     "section": "Would you like your appointments, results, prescriptions or billing?",
 }
+FOLLOWABLE = {"check_inventory", "find_alternatives", "create_price_quote",
+              "check_appointment_availability", "book_appointment", "access_patient_portal"}
 FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
 
 EventSink = Callable[[JSON], Awaitable[None]]
@@ -57,6 +59,11 @@ class Toolset(Protocol):
     def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None: ...
 
     def mask(self, text: str) -> str: ...
+
+    def mentions(self, text: str) -> bool:
+        """Does the text carry something a follow-up would refine (a product, a color, a
+        day)?"""
+        ...
 
 
 @dataclass
@@ -82,9 +89,14 @@ class Turn:
     actions: list[JSON]
     intent: str | None = None
     route_ms: float = 0.0
+    pending: JSON | None = None  # the request a clarifying question is completing
 
     def body(self) -> JSON:
-        return {"session_id": self.session_id, "reply": self.reply, "actions": self.actions}
+        out = {"session_id": self.session_id, "reply": self.reply, "actions": self.actions,
+               "intent": self.intent, "route_ms": round(self.route_ms, 1)}
+        if self.pending is not None:
+            out["pending"] = self.pending
+        return out
 
 
 class AgentRuntime:
@@ -168,7 +180,8 @@ class AgentRuntime:
         if missing:
             state["pending"] = {"tool": tool.name, "args": args}
             return Turn(session.id, QUESTIONS.get(missing[0], "Could you tell me a bit more?"),
-                        [], intent, route_ms)
+                        [], intent, route_ms, {"tool": tool.name, "arguments": args,
+                                               "missing": missing})
         state.pop("pending", None)
         ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
         actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
@@ -181,8 +194,10 @@ class AgentRuntime:
         pending = state.get("pending")
         if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
             return str(pending["tool"])
-        if strong is None and state.get("last_tool") and _looks_like_followup(text):
-            return str(state["last_tool"])
+        last = state.get("last_tool")
+        if (last in agent.tools and last in FOLLOWABLE and route.score < CONFIDENT
+                and _looks_like_followup(text) and agent.tools[last][1].mentions(text)):
+            return str(last)
         if strong is not None and strong not in agent.tools and strong not in agent.replies:
             return None  # an intent whose tool is not on the allowlist never runs
         return strong
@@ -205,7 +220,7 @@ class AgentRuntime:
         return Turn(session.id, reply, actions, handoff, route_ms)
 
     async def _query_vector(self, agent: Agent, text: str) -> list[float] | None:
-        if self._models is None or not await self._warm(agent):
+        if self._models is None or not agent.spec.embeddings or not await self._warm(agent):
             return None
         try:
             masked = agent.mask(text)
@@ -308,7 +323,7 @@ def _clean(args: JSON) -> JSON:
 
 def _looks_like_followup(text: str) -> bool:
     low = text.lower().strip()
-    return low.startswith(FOLLOWUP_STARTS) or len(low.split()) <= 4
+    return low.startswith(FOLLOWUP_STARTS) or len(low.split()) <= 5
 
 
 def _clarify(agent: Agent) -> str:

@@ -51,11 +51,13 @@ def token_overlap(query: Iterable[str], name: Iterable[str]) -> float:
 
 
 def quantity(text: str) -> int | None:
-    """The first quantity: "3 cables", "two of", "x4", "a pair of"."""
+    """The first quantity: "3 cables", "two of", "x4", "a pair of" (not "256GB", "3pm")."""
     low = text.lower()
-    m = re.search(r"\b(\d{1,3})\s*(?:x\b|units?|pcs|pieces|of\b|[a-z])", low)
-    if m and not re.match(r"\d+\s*(?:gb|tb|mm|in|inch|am|pm|w\b|m\b)", low[m.start():]):
-        return int(m.group(1))
+    for m in re.finditer(r"(?<![$.\d])\b(\d{1,3})\b(?![.:,]\d)", low):
+        after = low[m.end():m.end() + 6].lstrip()
+        if not re.match(r"(?:gb|tb|mm|in\b|inch|am\b|pm\b|%|w\b|m\b|th\b|st\b|nd\b|rd\b)",
+                        after):
+            return int(m.group(1))
     m = re.search(r"\bx\s?(\d{1,3})\b", low)
     if m:
         return int(m.group(1))

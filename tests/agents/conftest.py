@@ -27,7 +27,8 @@ CLINIC_TOOLS = ["check_appointment_availability", "book_appointment", "access_pa
 def agents_config(state_dir: Path, *, model: bool = True, **agents: Any) -> dict[str, Any]:
     """The shipped kiosk and clinic agents on the bundled model (or, with ``model=False``,
     on a model alias that is never loaded: routing by words, template replies)."""
-    common = {"model": "gemma3-270m", "model_slots": model, "model_reply": model}
+    common = {"model": "gemma3-270m", "model_slots": model, "model_reply": model,
+              "embeddings": model}
     doc = {
         "models": {"cache_dir": str(MODEL_CACHE.parent), "gemma3-270m": bundled_alias(
             embedding=True, context=1024, chat_format="gemma-base")},
