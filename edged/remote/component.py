@@ -37,6 +37,7 @@ class RemoteComponent:
                  health: Mapping[str, HealthSource], audit: AuditSink | None = None,
                  outbox: OutboxQueue | None = None, inference: Inference | None = None,
                  ) -> None:
+        self.store = store
         history = History(store, config.daemon.device_id, audit=audit, outbox=outbox)
         self.manager = RemoteManager(
             config, versions=config_dir(config), keys=FleetKeys(config.daemon.keys_dir / "fleet"),

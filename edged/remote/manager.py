@@ -64,17 +64,22 @@ class RemoteManager:
 
     async def run(self) -> None:
         """Resume a health window a restart interrupted; then keep the window tasks."""
-        pointer = await asyncio.to_thread(self._versions.read_pointer)
-        active = pointer.active
-        if active.state == "trial" and running_version(self.config) == active.version:
-            log.info("config v%d is still on trial: resuming its health window",
-                     pointer.active.version)
-            self._start_window(pointer, self._health_baseline())
+        await self.resume()
         try:
             await asyncio.Event().wait()  # the daemon cancels this task at shutdown
         finally:
             for task in list(self._tasks):
                 task.cancel()
+
+    async def resume(self) -> None:
+        """A version still on trial at startup gets a whole new window. Nothing is known of
+        health before it, so any part degraded in the window rolls it back."""
+        pointer = await asyncio.to_thread(self._versions.read_pointer)
+        active = pointer.active
+        if active.state == "trial" and running_version(self.config) == active.version:
+            log.info("config v%d is still on trial: its health window starts again",
+                     active.version)
+            self._start_window(pointer, set())
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -102,8 +107,8 @@ class RemoteManager:
                                                    reason=e.message, code=e.code))
                 raise
             result = await self._switch(bundle, raw, new, pointer, source, actor)
-        if wait and self._window is not None:
-            outcome = await asyncio.shield(self._window)
+        if wait:
+            outcome = await self.settled()
             if outcome != "confirmed":
                 raise RolledBack(f"config v{bundle.version} was rolled back: {outcome}")
             result["state"] = "confirmed"
@@ -275,6 +280,12 @@ class RemoteManager:
             raise EdgedError("cannot roll back: the local config file is not recorded")
         path = Path(pointer.local_file)
         return build_config(path.read_text(), self.config, path, pushed=False)
+
+    async def settled(self) -> str:
+        """Wait for the running health window, if any: "confirmed" or why it rolled back."""
+        if self._window is None:
+            return "confirmed"
+        return await asyncio.shield(self._window)
 
     # -- reporting
 
