@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edged import __version__
-from tests.edgedtest import RunningDaemon, base_config, cli, running, short_tmpdir
+from tests.edgedtest import REPO, RunningDaemon, base_config, cli, running, short_tmpdir
 
 EX_UNAVAILABLE = 69
 
@@ -81,3 +83,13 @@ def test_no_verb_is_a_usage_error() -> None:
     result = cli()
     assert result.returncode == 2
     assert "COMMAND" in result.stderr
+
+
+def test_the_cli_and_the_daemon_import_no_model_runtime_at_startup() -> None:
+    # llama.cpp and onnxruntime cost memory and start-up time: they load with the first model.
+    code = ("import sys, edged.cli, edged.daemon; "
+            "print(' '.join(m for m in ('llama_cpp', 'onnxruntime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
