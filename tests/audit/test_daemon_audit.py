@@ -9,15 +9,20 @@ import os
 import pwd
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edged.audit.checkpoints import Checkpoint
 from edged.audit.frames import list_segments
 from edged.client import ApiError
 from tests.edgedtest import RunningDaemon, base_config, cli, deep_merge, running, short_tmpdir
@@ -168,3 +173,24 @@ def test_prompts_are_recorded_when_configured(short_tmp: Path) -> None:
     assert records[-1]["data"]["prompt_messages"] == messages
     for _, segment in list_segments(state / "audit"):
         assert b"PROMPT-OK-7" not in segment.read_bytes()  # encrypted all the same
+
+
+def test_checkpoints_are_kept_and_queued_for_the_cloud(short_tmp: Path) -> None:
+    state = short_tmp / "st"
+    config = deep_merge(base_config(state), {"audit": {"checkpoint_every": 5}})
+    with running(config, state) as d:
+        for _ in range(12):
+            d.client.get("/health")
+        assert d.stop() == 0
+    lines = (state / "audit" / "checkpoints").read_text().splitlines()
+    local = [json.loads(line) for line in lines]
+    with closing(sqlite3.connect(state / "edged.db")) as db:
+        rows = db.execute("SELECT key, payload FROM outbox WHERE kind = 'checkpoint' "
+                          "ORDER BY id").fetchall()
+    queued = [json.loads(payload) for _, payload in rows]
+    assert queued == local and len(local) >= 3
+    assert rows[0][0] == f"audit-checkpoint:test-box:{local[0]['seq']}:{local[0]['head'][:16]}"
+    public = serialization.load_pem_public_key((state / "keys" / "device.pub").read_bytes())
+    assert isinstance(public, Ed25519PublicKey)
+    assert all(Checkpoint(**cp).signed_by(public) for cp in queued)
+    assert local[-1]["seq"] == len(exported(state))  # the last one covers daemon.stop
