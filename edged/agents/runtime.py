@@ -92,7 +92,7 @@ class Turn:
     pending: JSON | None = None  # the request a clarifying question is completing
 
     def body(self) -> JSON:
-        out = {"session_id": self.session_id, "reply": self.reply, "actions": self.actions,
+        out: JSON = {"session_id": self.session_id, "reply": self.reply, "actions": self.actions,
                "intent": self.intent, "route_ms": round(self.route_ms, 1)}
         if self.pending is not None:
             out["pending"] = self.pending

@@ -58,9 +58,9 @@ def quantity(text: str) -> int | None:
         if not re.match(r"(?:gb|tb|mm|in\b|inch|am\b|pm\b|%|w\b|m\b|th\b|st\b|nd\b|rd\b)",
                         after):
             return int(m.group(1))
-    m = re.search(r"\bx\s?(\d{1,3})\b", low)
-    if m:
-        return int(m.group(1))
+    times = re.search(r"\bx\s?(\d{1,3})\b", low)
+    if times:
+        return int(times.group(1))
     for w in words(low):
         if w in NUMBER_WORDS and w not in ("a", "an"):
             return NUMBER_WORDS[w]

@@ -45,7 +45,7 @@ def arg_matches(key: str, want: Any, got: Any, today: dt.date) -> bool:
                        and w["quantity"] == g.get("quantity") for g in got) for w in want)
     if isinstance(want, int | float):
         return float(got) == float(want)
-    return _norm(want) in _norm(got) or _norm(got) in _norm(want) and bool(_norm(got))
+    return _norm(want) in _norm(got) or (_norm(got) in _norm(want) and bool(_norm(got)))
 
 
 @dataclass
