@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edged.errors import ConfigError
 from edged.tomlreader import Table
 
 
@@ -27,6 +28,9 @@ def parse_remote(t: Table) -> RemoteConfig:
         allowed_paths=None if paths is None else tuple(_resolve(t, p) for p in paths),
     )
     t.done()
+    if cfg.pull_interval < 10:
+        raise ConfigError(f"{t.key('pull_interval')}: {cfg.pull_interval}s is below the "
+                          "minimum of 10s")
     return cfg
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edged.audit.sink import AuditSink
+from edged.errors import EdgedError, InsufficientStorage
 from edged.store import Schema, Store
 from edged.sync.queue import EVENT, OutboxQueue
 
@@ -66,9 +67,17 @@ class History:
                 (at, o.version, o.outcome, o.source, o.actor, o.key_id, o.code, o.reason))
             if self._outbox is not None:
                 key = f"config:{self._device_id}:{cur.lastrowid}:{o.outcome}:{o.version}"
-                await self._outbox.enqueue_in(db, EVENT, key, event)
+                try:
+                    await self._outbox.enqueue_in(db, EVENT, key, event)
+                except InsufficientStorage as e:
+                    # A full outbox must not block (or fail) the config change itself;
+                    # the history row still records it, and sync raises its own alert.
+                    log.warning("config %s not reported to the cloud: %s", o.outcome, e.message)
         if self._audit is not None:
-            await self._audit.append("config." + o.outcome, o.actor, event)
+            try:
+                await self._audit.append("config." + o.outcome, o.actor, event)
+            except (EdgedError, OSError) as e:
+                log.error("config %s not audited: %s", o.outcome, e)
         log.info("config %s: v%s from %s%s", o.outcome, o.version, o.source,
                  f": {o.reason}" if o.reason else "")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import Config
-from edged.errors import ConfigError
+from edged.errors import ConfigError, InsufficientStorage
 from edged.remote.admission import build_config
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,15 @@ class VersionDir:
 
 
 def _write_durably(path: Path, data: bytes, *, sync_dir: bool) -> None:
+    try:
+        _write_and_rename(path, data, sync_dir=sync_dir)
+    except OSError as e:
+        # Disk full or read-only: the old pointer is still whole; say so, without a 500.
+        raise InsufficientStorage(f"{path}: cannot write: {e.strerror}",
+                                  code="storage_error") from None
+
+
+def _write_and_rename(path: Path, data: bytes, *, sync_dir: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
