@@ -8,8 +8,13 @@ import os
 import pwd
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from enum import IntEnum
+
+# A user added to a group gets the role within this long, without a restart.
+GROUP_CACHE_SECONDS = 10.0
+GROUP_CACHE_SIZE = 1024
 
 
 class Role(IntEnum):
@@ -54,13 +59,29 @@ class RoleResolver:
     """admin: root or a member of an admin group; client: a member of a client group or the
     daemon's own uid; anyone else: no role (DESIGN.md, "Local API")."""
 
-    def __init__(self, admin_groups: tuple[str, ...], client_groups: tuple[str, ...]) -> None:
+    def __init__(self, admin_groups: tuple[str, ...], client_groups: tuple[str, ...],
+                 cache_seconds: float = GROUP_CACHE_SECONDS) -> None:
         self._admin = frozenset(admin_groups)
         self._client = frozenset(client_groups)
         self._own_uid = os.getuid()
+        self._cache_seconds = cache_seconds
+        self._groups: dict[tuple[int, int], tuple[float, frozenset[str]]] = {}
+
+    def _group_names(self, uid: int, gid: int) -> frozenset[str]:
+        """group_names, remembered briefly: it reads the whole group database (NSS) on the
+        event loop, and one client sends many requests."""
+        now = time.monotonic()
+        cached = self._groups.get((uid, gid))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if len(self._groups) > GROUP_CACHE_SIZE:
+            self._groups.clear()
+        names = group_names(uid, gid)
+        self._groups[(uid, gid)] = (now + self._cache_seconds, names)
+        return names
 
     def resolve(self, pid: int, uid: int, gid: int) -> Peer:
-        groups = group_names(uid, gid)
+        groups = self._group_names(uid, gid)
         if uid == 0 or groups & self._admin:
             role = Role.ADMIN
         elif uid == self._own_uid or groups & self._client:

@@ -7,6 +7,7 @@ other components have; tests/api/test_routes.py checks the same envelope on the 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -214,3 +215,13 @@ def test_roles_are_in_one_table() -> None:
     assert required_role("/admin/ps") is Role.ADMIN
     assert required_role("/v1/models") is Role.CLIENT
     assert required_role("/health") is Role.NONE
+
+
+def test_a_peer_role_follows_its_groups() -> None:
+    # uid 65534 (nobody) with gid 65534 (nogroup) on this Debian box: client through the group.
+    client = RoleResolver(("edged-admin",), ("nogroup",)).resolve(1, 65534, 65534)
+    assert (client.role, "nogroup" in client.groups) == (Role.CLIENT, True)
+    assert RoleResolver(("nogroup",), ()).resolve(1, 65534, 65534).role is Role.ADMIN
+    assert RoleResolver(("edged-admin",), ("edged",)).resolve(1, 65534, 65534).role is Role.NONE
+    assert RoleResolver((), ()).resolve(1, 0, 0).role is Role.ADMIN
+    assert RoleResolver((), ()).resolve(1, os.getuid(), 12345).role >= Role.CLIENT
