@@ -19,6 +19,7 @@ from tests.edgedtest import (
     RunningDaemon,
     base_config,
     bundled_alias,
+    bundled_model,
     deep_merge,
     short_tmpdir,
     start_daemon,
@@ -105,3 +106,21 @@ def test_a_change_no_component_takes_in_place_is_flagged(box: Any) -> None:
     result = _push(daemon, bundle(key, doc, 4))
     assert result["restart_required"] == ["logging"]
     assert daemon.client.get("/health")["remote"]["restart_required"] == ["logging"]
+
+
+def test_a_push_does_not_drop_a_generation_in_flight(box: Any) -> None:
+    daemon, key, state = box
+    bundled_model()
+    events = daemon.client.stream("/v1/chat/completions", {
+        "model": "gemma3-270m", "messages": [{"role": "user", "content": "Count to fifty."}],
+        "stream": True, "max_tokens": 48, "temperature": 0})
+    first = next(events)
+    assert first["choices"][0]["delta"] is not None
+    more = deep_merge(kiosk(KIOSK_TOOLS), {"models": {"spare": bundled_alias(context=256)}})
+    version = daemon.client.get("/admin/config")["highest"] + 1
+    result = _push(daemon, bundle(key, pushed_doc(state, more), version))
+    assert "models" in result["changed"] and result["state"] == "confirmed"
+    rest = list(events)
+    assert rest and rest[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    loaded = [m["model"] for m in daemon.client.get("/admin/ps")["models"]]
+    assert loaded == ["gemma3-270m"]  # unchanged in the push: still loaded, not reloaded
