@@ -90,6 +90,13 @@ def test_oversized_body_is_a_413_envelope(daemon: RunningDaemon) -> None:
     assert "1024 bytes" in body["error"]["message"]
 
 
+def test_malformed_json_is_a_400_envelope(daemon: RunningDaemon) -> None:
+    # Any route that reads a JSON body goes through edged.api.body; chat is one.
+    status, body = curl(daemon, "/v1/chat/completions", method="POST", data=b'{"model": ')
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    assert "not valid JSON" in body["error"]["message"]
+
+
 @pytest.mark.parametrize(("user", "path", "expected"), [
     (NO_ROLE_USER, "/health", 200),
     (NO_ROLE_USER, "/metrics", 200),
