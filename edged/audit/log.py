@@ -13,11 +13,12 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -33,6 +34,7 @@ from edged.sync.queue import CHECKPOINT, OutboxQueue
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024
+T = TypeVar("T")
 
 
 def utc_now() -> str:
@@ -109,11 +111,18 @@ class AuditLog:
         self._checkpoint_seq = 0
         self._checkpoint_lock = asyncio.Lock()
         self._checkpoint_error: str | None = None
+        # The log's own thread: disk work never queues behind other components' blocking
+        # calls in the shared default executor, and runs in submission order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
 
     # -- lifecycle
 
     async def __aenter__(self) -> AuditLog:
-        tail = await asyncio.to_thread(self._open)
+        try:
+            tail = await self._in_writer(self._open)
+        except BaseException:
+            self._writer.shutdown(wait=False)
+            raise
         await self._record_open(tail)
         return self
 
@@ -155,6 +164,10 @@ class AuditLog:
             if self._pos is not None:
                 os.close(self._pos.fd)
                 self._pos = None
+            self._writer.shutdown(wait=True)
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     async def run(self) -> None:
         """Checkpoint every ``checkpoint_interval`` when records came in since the last one."""
@@ -180,7 +193,7 @@ class AuditLog:
         while self._pending and self._failed is None:
             batch, self._pending = self._pending, []
             try:
-                results = await asyncio.to_thread(self._write_batch, batch)
+                results = await self._in_writer(self._write_batch, batch)
             except OSError as e:
                 self._fail(f"{e.strerror or e} ({self._pos.path if self._pos else '?'})", batch)
                 return
@@ -273,7 +286,7 @@ class AuditLog:
             assert self._keys.device is not None
             cp = sign(self._device_id, seq, head, utc_now(), self._keys.device)
             try:
-                await asyncio.to_thread(self._checkpoints.append, cp)
+                await self._in_writer(self._checkpoints.append, cp)
             except OSError as e:
                 self._checkpoint_error = f"cannot write {self._checkpoints.path}: {e.strerror}"
                 log.error("audit: %s", self._checkpoint_error)
