@@ -193,3 +193,14 @@ def _kid(key: Ed25519PrivateKey) -> str:
     from edged.remote.bundle import key_id
 
     return key_id(key.public_key())
+
+
+def test_every_outcome_is_in_the_audit_log(box: Box) -> None:
+    out = cli("audit", "export", "--config", str(box.daemon.config_path), "--json",
+              "--kind", "config.rejected", "--kind", "config.confirmed")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for code in ("unsigned", "unknown_fleet_key", "bad_signature", "stale_version",
+                 "not_for_this_device", "invalid_config", "path_not_allowed"):
+        assert f'"code": "{code}"' in text, code
+    assert '"type": "config.confirmed"' in text
