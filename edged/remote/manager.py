@@ -38,6 +38,13 @@ class RolledBack(EdgedError):
     status = 422
 
 
+def _version_of(raw: bytes) -> int | None:
+    try:
+        return parse_bundle(raw).version
+    except EdgedError:
+        return None
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -57,7 +64,7 @@ class RemoteManager:
         self._lock = asyncio.Lock()
         self._before: Config | None = None  # what a rollback goes back to
         self._window: asyncio.Task[str] | None = None
-        self._restart_required: list[str] = []
+        self._boot = config  # what the components were built with at startup
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle
@@ -108,8 +115,8 @@ class RemoteManager:
             try:
                 bundle, new = await self._admit(raw, pointer)
             except EdgedError as e:
-                await self._history.record(Outcome("rejected", None, source, actor,
-                                                   reason=e.message, code=e.code))
+                await self._history.record(Outcome("rejected", _version_of(raw), source,
+                                                   actor, reason=e.message, code=e.code))
                 raise
             result = await self._switch(bundle, raw, new, pointer, source, actor)
         if wait:
@@ -171,7 +178,7 @@ class RemoteManager:
             raise RolledBack(f"config v{bundle.version} was rolled back: {failure}")
         self._start_window(trial, baseline)
         return {"version": bundle.version, "state": "trial", "changed": changed,
-                "restart_required": self._restart_required,
+                "restart_required": self.restart_required(),
                 "health_window_s": new.remote.health_window}
 
     def _local_file(self, pointer: Pointer) -> str | None:
@@ -186,7 +193,6 @@ class RemoteManager:
         """Reload the affected components; on a refusal put back the ones already done."""
         done: list[ReloadTarget] = []
         self.config = new
-        self._restart_required = needs_restart(self._targets, changed, OWN_SECTIONS)
         for target in affected(self._targets, changed):
             try:
                 await target.component.reload(new)
@@ -199,7 +205,6 @@ class RemoteManager:
 
     async def _reload_back(self, targets: Sequence[ReloadTarget], old: Config) -> None:
         self.config = old
-        self._restart_required = []
         for target in targets:
             try:
                 await target.component.reload(old)
@@ -294,11 +299,17 @@ class RemoteManager:
 
     # -- reporting
 
+    def restart_required(self) -> list[str]:
+        """Sections that differ from what edged started with and that no component took in
+        place: they take effect at the next restart."""
+        changed = changed_sections(self._boot, self.config)
+        return needs_restart(self._targets, changed, OWN_SECTIONS)
+
     def health(self) -> dict[str, Any]:
         trial = self._window is not None and not self._window.done()
         return {"config_version": running_version(self.config),
                 "config_state": "trial" if trial else "confirmed",
-                "restart_required": list(self._restart_required)}
+                "restart_required": self.restart_required()}
 
     async def status(self) -> dict[str, Any]:
         pointer = await asyncio.to_thread(self._versions.read_pointer)
@@ -309,6 +320,6 @@ class RemoteManager:
             "active": pointer.to_json()["active"],
             "previous": pointer.to_json()["previous"],
             "highest": pointer.highest,
-            "restart_required": list(self._restart_required),
+            "restart_required": self.restart_required(),
             "history": await self._history.recent(20),
         }
