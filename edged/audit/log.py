@@ -111,6 +111,7 @@ class AuditLog:
         self._checkpoint_seq = 0
         self._checkpoint_lock = asyncio.Lock()
         self._checkpoint_error: str | None = None
+        self._damage: dict[str, Any] | None = None
         # The log's own thread: disk work never queues behind other components' blocking
         # calls in the shared default executor, and runs in submission order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
@@ -142,6 +143,9 @@ class AuditLog:
     async def _record_open(self, tail: Tail) -> None:
         if tail.recovery is not None:
             await self.append("audit.recovery", "daemon", tail.recovery)
+        if tail.damage is not None:
+            self._damage = tail.damage
+            await self.append("audit.damage_found", "daemon", tail.damage)
         if tail.key_id is not None and tail.key_id != self._keys.current_id:
             await self.append("audit.key_rotated", "daemon",
                               {"from_key": kid_text(tail.key_id),
@@ -329,6 +333,10 @@ class AuditLog:
             "segment": self._tip.path.name,
             "key": kid_text(self._keys.current_id),
         }
+        if self._damage is not None:
+            # Reported, not "degraded": damage is permanent and a degraded health would
+            # make every later config push look like it broke the box.
+            report["damage"] = self._damage
         problem = self._failed or self._checkpoint_error
         if problem:
             report.update(degraded=True, error=problem)

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from edged.audit.frames import (
     GENESIS,
     MAGIC,
+    RawFrame,
     Torn,
     check_magic,
     frame_hash,
@@ -26,7 +27,7 @@ from edged.audit.frames import (
     list_segments,
     segment_name,
 )
-from edged.audit.keys import AuditKeys
+from edged.audit.keys import AuditKeys, kid_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Tail:
     head: bytes
     key_id: int | None  # key of the last good frame
     recovery: dict[str, Any] | None  # what was cut, if anything
+    damage: dict[str, Any] | None = None  # a bad frame inside the segment, left in place
 
 
 def _last_frame(path: Path) -> tuple[int | None, bytes | None, int | None]:
@@ -55,23 +57,67 @@ def _last_frame(path: Path) -> tuple[int | None, bytes | None, int | None]:
     return seq, head, kid
 
 
-def _scan(data: bytes, first_seq: int, head: bytes, keys: AuditKeys
-          ) -> tuple[int, int, bytes, int | None, str | None]:
-    """(good end, last seq, head, key id, problem) of the last segment's bytes."""
-    seq, end, kid = first_seq - 1, len(MAGIC), None
+@dataclass
+class _Scan:
+    end: int  # where the good part of the segment ends
+    seq: int
+    head: bytes
+    kid: int | None
+    problem: str | None = None  # why the rest is cut
+    damage: dict[str, Any] | None = None  # the first bad frame that later records vouch for
+
+
+def _problem(f: RawFrame, scan: _Scan, keys: AuditKeys) -> str | None:
+    """Why ``f`` is not the next link of the chain, or None if it is."""
+    if f.seq != scan.seq + 1:
+        return f"expected seq {scan.seq + 1}, found {f.seq}"
+    if f.key_id not in keys.keys and scan.kid is not None:
+        # Frames before it opened: this is damage or garbage, not a log written with
+        # another key (which stops the start below, with keys.aead's clear error).
+        return f"frame with seq {f.seq} names unknown key {kid_text(f.key_id)}"
+    try:
+        f.open(keys.aead(f.key_id), scan.head)
+    except InvalidTag:
+        return f"frame with seq {f.seq} does not authenticate"
+    return None
+
+
+def _vouched(data: bytes, bad: RawFrame, keys: AuditKeys) -> bool:
+    """Whether a later frame links to its predecessor past ``bad``: then ``bad`` was damaged
+    after more records were written on top of it, which no torn write does."""
+    prev = bad
+    try:
+        for g in iter_frames(data, bad.end):
+            if g.seq == prev.seq + 1 and g.key_id in keys.keys:
+                try:
+                    g.open(keys.aead(g.key_id), frame_hash(prev.data))
+                    return True
+                except InvalidTag:
+                    pass
+            prev = g
+    except Torn:
+        pass
+    return False
+
+
+def _scan(data: bytes, first_seq: int, head: bytes, kid: int | None, keys: AuditKeys,
+          name: str) -> _Scan:
+    """Authenticate the last segment frame by frame. A bad frame with good links after it is
+    damage, left in place for verify to report; a bad frame with none is a torn tail."""
+    scan = _Scan(len(MAGIC), first_seq - 1, head, kid if kid in keys.keys else None)
     try:
         for f in iter_frames(data):
-            if f.seq != seq + 1:
-                return end, seq, head, kid, f"expected seq {seq + 1}, found {f.seq}"
-            aead = keys.aead(f.key_id)
-            try:
-                f.open(aead, head)
-            except InvalidTag:
-                return end, seq, head, kid, f"frame with seq {f.seq} does not authenticate"
-            seq, end, head, kid = f.seq, f.end, frame_hash(f.data), f.key_id
+            problem = _problem(f, scan, keys)
+            if problem is not None:
+                if not _vouched(data, f, keys):
+                    scan.problem = problem
+                    return scan
+                scan.damage = scan.damage or {"segment": name, "offset": f.offset,
+                                              "seq": scan.seq + 1, "problem": problem}
+            scan.end, scan.seq, scan.head, scan.kid = f.end, f.seq, frame_hash(f.data), f.key_id
     except Torn as t:
-        return end, seq, head, kid, t.problem
-    return end, seq, head, kid, None
+        scan.problem = t.problem
+    return scan
 
 
 def _new_segment(folder: Path, first_seq: int) -> Path:
@@ -97,6 +143,10 @@ def fsync_dir(folder: Path) -> None:
 def _cut(path: Path, data: bytes, end: int) -> Path:
     """Keep the bytes past ``end`` in a torn-*.bin file, then truncate the segment."""
     saved = path.with_name(f"torn-{path.stem}-{end}.bin")
+    n = 1
+    while saved.exists():  # a second crash at the same place: keep both
+        n += 1
+        saved = path.with_name(f"torn-{path.stem}-{end}-{n}.bin")
     saved.write_bytes(data[end:])
     with path.open("r+b") as f:
         if end < len(MAGIC):
@@ -122,14 +172,17 @@ def recover(folder: Path, keys: AuditKeys) -> Tail:
     first_seq, path = segments[-1]
     data = path.read_bytes()
     problem = check_magic(data)
-    end, seq, head, last_kid, frame_problem = (
-        (0, first_seq - 1, head, None, problem) if problem
-        else _scan(data, first_seq, head, keys))
+    scan = (_Scan(0, first_seq - 1, head, None, problem) if problem
+            else _scan(data, first_seq, head, kid, keys, path.name))
     recovery = None
-    if end < len(data) or problem:
-        saved = _cut(path, data, end)
-        recovery = {"segment": path.name, "offset": end, "bytes_cut": len(data) - end,
-                    "last_good_seq": seq, "problem": frame_problem, "saved_to": saved.name}
+    if scan.end < len(data) or problem:
+        saved = _cut(path, data, scan.end)
+        recovery = {"segment": path.name, "offset": scan.end, "bytes_cut": len(data) - scan.end,
+                    "last_good_seq": scan.seq, "problem": scan.problem, "saved_to": saved.name}
         log.warning("audit: cut a torn tail of %d bytes from %s at offset %d (%s); kept in %s",
-                    len(data) - end, path.name, end, frame_problem, saved.name)
-    return Tail(path, max(end, len(MAGIC)), seq, head, last_kid or kid, recovery)
+                    len(data) - scan.end, path.name, scan.end, scan.problem, saved.name)
+    if scan.damage:
+        log.error("audit: the log is damaged at seq %d in %s (%s); left in place, run "
+                  "`edged audit verify`", scan.damage["seq"], path.name, scan.damage["problem"])
+    return Tail(path, max(scan.end, len(MAGIC)), scan.seq, scan.head, scan.kid or kid,
+                recovery, scan.damage)

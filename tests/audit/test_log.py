@@ -14,7 +14,7 @@ from edged.audit.frames import list_segments
 from edged.audit.keys import load_keys, rotate_audit_key
 from edged.audit.verify import verify
 from edged.errors import BadRequest, Unavailable
-from tests.audit.helpers import append_events, fill_log, frames, open_log
+from tests.audit.helpers import append_events, fill_log, frame_of, frames, open_log
 
 
 def events(state: Path) -> list[dict[str, object]]:
@@ -139,3 +139,37 @@ async def test_checkpoints_are_signed_and_counted(tmp_path: Path) -> None:
     assert [cp["seq"] for cp in lines] == [25, 50, 75, 100, 102]  # every 25, and at close
     assert health["seq"] == 101 and "degraded" not in health
     assert verified(tmp_path) == 102
+
+
+async def test_damage_inside_the_log_is_reported_not_cut(tmp_path: Path) -> None:
+    await fill_log(tmp_path, 8, segment_bytes=1 << 20)
+    before = {(f.seq, bytes(f.data)) for _, f in frames(tmp_path)}
+    path, _, end = frame_of(tmp_path, 4)
+    data = bytearray(path.read_bytes())
+    data[end - 5] ^= 0x80
+    path.write_bytes(bytes(data))
+    async with open_log(tmp_path, segment_bytes=1 << 20) as log:
+        health = log.health()
+    assert not list((tmp_path / "audit").glob("torn-*"))
+    after = [(f.seq, bytes(f.data)) for _, f in frames(tmp_path)]
+    assert len(after) == len(before) + 3  # damage_found, daemon.start, daemon.stop
+    assert health["damage"]["seq"] == 4 and "degraded" not in health
+    assert "does not authenticate" in health["damage"]["problem"]
+    report = verify(tmp_path / "audit", load_keys(tmp_path / "keys", need_device=False))
+    assert report.first_bad is not None and report.first_bad.seq == 4
+
+
+async def test_garbage_tail_with_an_unknown_key_id_is_cut(tmp_path: Path) -> None:
+    await fill_log(tmp_path, 3)
+    _, last = list_segments(tmp_path / "audit")[-1]
+    _, final = frames(tmp_path)[-1]
+    garbage = bytearray(final.data)
+    garbage[5:9] = b"\xde\xad\xbe\xef"  # key id
+    garbage[9:17] = (final.seq + 1).to_bytes(8, "big")
+    with last.open("ab") as f:
+        f.write(bytes(garbage))
+    async with open_log(tmp_path):
+        pass
+    recovery = [e for e in events(tmp_path) if e["kind"] == "audit.recovery"]
+    assert len(recovery) == 1 and "unknown key deadbeef" in str(recovery[0]["data"])
+    assert verified(tmp_path) == 8
