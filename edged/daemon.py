@@ -129,6 +129,7 @@ class Daemon:
         wiring.background += [("power", power.run), ("models", models.run)]
         wiring.health["models"] = models.health
         wiring.reloadable.append(ReloadTarget("models", ("models", "budget"), models))
+        wiring.reloadable.append(ReloadTarget("power", ("power",), power))
         wiring.health["power"] = power.health
         wiring.routes.append(ModelRoutes(models))
         wiring.status.append(models.status_line)

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from edged.audit.sink import AuditSink
+from edged.config import Config
 from edged.models.config import PROFILE_NAMES, PowerConfig, ProfileConfig
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,10 @@ class PowerMonitor:
         self._cfg = cfg
         self._selector = ProfileSelector(cfg)
         return await self.refresh()
+
+    async def reload(self, config: Config) -> None:
+        """``Reloadable`` (edged/remote/reload.py): the [power] section of a pushed config."""
+        await self.reconfigure(config.models.power)
 
     async def run(self) -> None:
         while True:

@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged.client import ApiError
-from tests.edgedtest import RunningDaemon, base_config, cli, deep_merge, short_tmpdir, start_daemon
+from tests.edgedtest import (
+    REPO,
+    RunningDaemon,
+    base_config,
+    cli,
+    deep_merge,
+    short_tmpdir,
+    start_daemon,
+)
 from tests.remote.fleet import bundle, pushed_doc, trust
 
 
@@ -204,3 +212,15 @@ def test_every_outcome_is_in_the_audit_log(box: Box) -> None:
                  "not_for_this_device", "invalid_config", "path_not_allowed"):
         assert f'"code": "{code}"' in text, code
     assert '"type": "config.confirmed"' in text
+
+
+def test_a_push_switches_the_power_sensors_in_place(box: Box) -> None:
+    fixture = REPO / "tests" / "models" / "fixtures" / "sysfs_battery"
+    sys_copy = box.state / "data" / "sys"
+    shutil.copytree(fixture, sys_copy, dirs_exist_ok=True)
+    power = {"power_supply_root": str(sys_copy / "power_supply"),
+             "thermal_root": str(sys_copy / "thermal")}
+    result = box.push(bundle(box.key, box.doc({"power": power}), box.next_version()))
+    assert result["changed"] == ["power"] and result["restart_required"] == []
+    health = box.daemon.client.get("/health")["power"]
+    assert health["profile"] == "battery" and health["battery_percent"] == 55.0
