@@ -121,10 +121,13 @@ class AuditLog:
     async def __aenter__(self) -> AuditLog:
         try:
             tail = await self._in_writer(self._open)
+            await self._record_open(tail)
         except BaseException:
+            self._closed = True
+            if self._pos is not None:
+                os.close(self._pos.fd)
             self._writer.shutdown(wait=False)
             raise
-        await self._record_open(tail)
         return self
 
     def _open(self) -> Tail:
@@ -200,6 +203,11 @@ class AuditLog:
                 results = await self._in_writer(self._write_batch, batch)
             except OSError as e:
                 self._fail(f"{e.strerror or e} ({self._pos.path if self._pos else '?'})", batch)
+                return
+            except Exception as e:
+                # Never leave a waiter hanging, whatever went wrong.
+                log.exception("audit: writing a batch failed")
+                self._fail(f"internal error: {e}", batch)
                 return
             for entry, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):

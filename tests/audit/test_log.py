@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from edged.audit.keys import load_keys, rotate_audit_key
 from edged.audit.verify import verify
 from edged.errors import BadRequest, Unavailable
 from tests.audit.helpers import append_events, fill_log, frame_of, frames, open_log
+from tests.edgedtest import REPO
 
 
 def events(state: Path) -> list[dict[str, object]]:
@@ -173,3 +176,43 @@ async def test_garbage_tail_with_an_unknown_key_id_is_cut(tmp_path: Path) -> Non
     recovery = [e for e in events(tmp_path) if e["kind"] == "audit.recovery"]
     assert len(recovery) == 1 and "unknown key deadbeef" in str(recovery[0]["data"])
     assert verified(tmp_path) == 8
+
+
+_FULL_DISK = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+from edged.errors import Unavailable
+from tests.audit.helpers import open_log
+
+async def main():
+    state = Path(sys.argv[1])
+    acked, errors = [], []
+    async with open_log(state, segment_bytes=1 << 30) as log:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, resource.RLIM_INFINITY))
+        for i in range(400):
+            try:
+                acked.append(await log.append("test.event", "test", {"i": i, "pad": "x" * 200}))
+            except Unavailable as e:
+                errors.append(e.code)
+        health = log.health()
+    print(json.dumps({"acked": acked, "errors": errors, "health": health}))
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+asyncio.run(main())
+"""
+
+
+def test_a_failed_write_refuses_appends_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    """A file size limit stands in for a full disk: writes past it fail with EFBIG."""
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert 0 < len(result["acked"]) < 400
+    assert set(result["errors"]) == {"audit_failed"}
+    assert len(result["acked"]) + len(result["errors"]) == 400
+    assert result["health"]["degraded"] is True and "too large" in result["health"]["error"]
+    asyncio.run(fill_log(tmp_path, 0))  # the next start recovers what the limit tore
+    got = [e["data"]["i"] for e in events(tmp_path) if e["kind"] == "test.event"]
+    assert got[:len(result["acked"])] == list(range(len(result["acked"])))
+    assert verified(tmp_path) >= len(result["acked"]) + 3
