@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,10 +216,16 @@ class RemoteManager:
         alias = new.models.default
         if self._inference is None or "models" not in changed or alias is None:
             return None
+        spec = new.models.catalog[alias]
+        probe: Awaitable[object]
+        if spec.kind == "chat":
+            probe = self._inference.complete(alias, "ok", GenerateParams(max_tokens=1))
+        elif spec.kind == "embedding":
+            probe = self._inference.embed(alias, ["ok"])
+        else:
+            return None  # a classifier: nothing in the Inference contract exercises it
         try:
-            await asyncio.wait_for(
-                self._inference.complete(alias, "ok", GenerateParams(max_tokens=1)),
-                timeout=max(new.remote.health_window, 1.0))
+            await asyncio.wait_for(probe, timeout=max(new.remote.health_window, 1.0))
         except Exception as e:
             await self._reload_back(affected(self._targets, changed), old)
             return f"model {alias!r} cannot load: {getattr(e, 'message', None) or e!r}"
