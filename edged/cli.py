@@ -97,10 +97,24 @@ def _render_status(data: dict[str, Any]) -> str:
     ]
     for name, part in data.items():
         if isinstance(part, dict) and name != "peer":
-            summary = ", ".join(f"{k}={v}" for k, v in part.items()
-                                if not isinstance(v, dict | list))
-            lines.append(f"  {name}: {summary}")
+            lines.append(f"  {name}: {_summary(part)}")
     return "\n".join(lines)
+
+
+def _summary(part: dict[str, Any]) -> str:
+    """``k=v, ...`` leaving out unset values; a nested table in braces, one level deep."""
+    shown = []
+    for key, value in part.items():
+        if value is None or value == {} or value == []:
+            continue
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}={v}" for k, v in value.items()
+                              if v is not None and not isinstance(v, dict | list))
+            value = f"{{{inner}}}"
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        shown.append(f"{key}={value}")
+    return ", ".join(shown) or "-"
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -36,6 +36,15 @@ def test_status_for_people(daemon: RunningDaemon) -> None:
     assert "your role: admin (uid 0)" in first
 
 
+def test_status_shows_every_component(daemon: RunningDaemon) -> None:
+    parts = json.loads(cli("status", "--json", socket_path=daemon.socket).stdout)
+    human = cli("status", socket_path=daemon.socket).stdout
+    for name, part in parts.items():
+        if isinstance(part, dict) and name != "peer":
+            assert f"\n  {name}: " in human, human
+    assert "None" not in human, "unset values are left out"
+
+
 def test_status_json_for_scripts(daemon: RunningDaemon) -> None:
     result = cli("status", "--json", socket_path=daemon.socket)
     assert result.returncode == 0, result.stderr
