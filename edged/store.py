@@ -18,6 +18,8 @@ from typing import Any
 
 import aiosqlite
 
+from edged import salvage
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,8 @@ class Store:
         self._schemas = tuple(schemas)
         self._db: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self.salvage: salvage.Salvage | None = None
+        self.corrupt_copies: list[Path] = []
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -42,6 +46,30 @@ class Store:
 
     async def __aenter__(self) -> Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = await asyncio.to_thread(salvage.check, self.path)
+        if problem is not None:
+            self.salvage = await asyncio.to_thread(salvage.move_aside, self.path, problem)
+        await self._open()
+        if self.salvage is not None:
+            await asyncio.to_thread(salvage.copy_readable, self.salvage, self.path)
+        self.corrupt_copies = await asyncio.to_thread(salvage.corrupt_copies, self.path)
+        return self
+
+    def health(self) -> dict[str, Any]:
+        """Degraded while a corrupt copy sits next to the database (docs/operations.md)."""
+        if not self.corrupt_copies:
+            return {"degraded": False}
+        body: dict[str, Any] = {
+            "degraded": True, "corrupt_copies": [str(p) for p in self.corrupt_copies],
+            "message": "the database was found corrupt and moved aside; readable rows were "
+                       "copied into a new one. Inspect the copy, then move it out of the "
+                       "state folder and restart to clear this."}
+        if self.salvage is not None:
+            body.update(problem=self.salvage.problem, copied=self.salvage.copied,
+                        lost=self.salvage.lost)
+        return body
+
+    async def _open(self) -> None:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
@@ -49,7 +77,6 @@ class Store:
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._db is not None:

@@ -210,6 +210,14 @@ class Outbox:
                 mine = [r for r in rows if r.kind == kind]
                 await _add_usage(db, kind, -len(mine), -sum(r.size for r in mine))
 
+    async def recount(self) -> None:
+        """Rebuild the usage table from the rows (at start: after a crash or a salvage the
+        rows are the truth)."""
+        async with self._store.transaction() as db:
+            await db.execute("DELETE FROM outbox_usage")
+            await db.execute("INSERT INTO outbox_usage (kind, rows, bytes) "
+                             "SELECT kind, count(*), total(size) FROM outbox GROUP BY kind")
+
     async def refresh(self) -> Usage:
         """Re-read the usage table and the oldest row per class; update the gauges."""
         usage = Usage()

@@ -42,6 +42,7 @@ class SyncService:
         self.rollups = Rollups(interval, registry, outbox, device_id=device_id)
 
     async def __aenter__(self) -> SyncService:
+        await self.outbox.recount()
         if self._cloud is not None:
             await self._cloud.__aenter__()
         return self

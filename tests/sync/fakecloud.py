@@ -97,9 +97,9 @@ class FakeCloud:
         with self._cond:
             return self._cond.wait_for(lambda: predicate(self), timeout)
 
-    async def await_for(self, predicate: Callable[[FakeCloud], bool], timeout: float = 60
+    async def await_for(self, predicate: Callable[[FakeCloud], bool], within: float = 60
                         ) -> bool:
-        return await asyncio.to_thread(self.wait_for, predicate, timeout)
+        return await asyncio.to_thread(self.wait_for, predicate, within)
 
     def duplicates(self) -> dict[str, int]:
         return {k: n for k, n in self.sent.items() if n > 1}
