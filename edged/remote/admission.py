@@ -53,16 +53,21 @@ def build_config(text: str, running: Config, source: Path, *, pushed: bool = Tru
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"bundle.config: not valid TOML: {e}") from None
-    for section, key in LOCKED_KEYS:
-        table = data.get(section)
-        if pushed and isinstance(table, dict) and key in table:
-            raise ConfigError(f"{section}.{key}: only the local config file may set this; "
-                              "a pushed config may not change it", code="locked_key")
+    if pushed:
+        refuse_locked_keys(data)
     for (section, key), value in _identity(running).items():
         table = data.setdefault(section, {})
         if isinstance(table, dict):  # not a table: parse_config names the error
             table[key] = value
     return parse_config(data, source=source)
+
+
+def refuse_locked_keys(data: dict[str, Any]) -> None:
+    for section, key in LOCKED_KEYS:
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            raise ConfigError(f"{section}.{key}: only the local config file may set this; "
+                              "a pushed config may not change it", code="locked_key")
 
 
 def allowed_roots(cfg: Config) -> tuple[Path, ...]:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged.cli import client_for, emit
 from edged.config import parse_toml_text
-from edged.errors import BadRequest, EdgedError
+from edged.errors import BadRequest, ConfigError, EdgedError
+from edged.remote.admission import refuse_locked_keys
 from edged.remote.bundle import ALL_DEVICES, encode_bundle, key_id, load_private_key, sign_bundle
 
 
@@ -94,7 +96,9 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise EdgedError(f"{path}: cannot read: {e}") from None
-    parse_toml_text(text, source=path.resolve())  # fail here, not on thousands of boxes
+    # Fail here, not on thousands of boxes.
+    refuse_locked_keys(parse_toml(text, path))
+    parse_toml_text(text, source=path.resolve())
     bundle = sign_bundle(load_private_key(Path(args.key)), version=args.version, config=text,
                          devices=devices, tags=tuple(args.tag))
     out = encode_bundle(bundle)
@@ -103,6 +107,13 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     else:
         sys.stdout.buffer.write(out)
     return 0
+
+
+def parse_toml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

@@ -177,6 +177,9 @@ def test_cli_signs_applies_and_shows(box: Box, tmp_path: Path) -> None:
     refused = cli("config", "sign", "--key", str(key_file), "--version", "99", "--all-devices",
                   str(bad))
     assert refused.returncode == 78 and "budget.memory" in refused.stderr
+    local = cli("config", "sign", "--key", str(key_file), "--version", "99", "--all-devices",
+                str(box.daemon.config_path))  # the box's own file names its state_dir
+    assert local.returncode == 78 and "daemon.state_dir" in local.stderr
 
 
 def test_fleet_key_rotation(box: Box) -> None:
