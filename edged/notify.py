@@ -35,11 +35,12 @@ class Notifier:
         self._send("STOPPING=1\nSTATUS=draining")
 
     def watchdog_interval(self) -> float | None:
-        usec = os.environ.get("WATCHDOG_USEC")
+        usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID")
-        if not self._enabled or not usec or (pid and pid != str(os.getpid())):
+        if not self._enabled or not usec.isdigit() or (pid and pid != str(os.getpid())):
             return None
-        return int(usec) / 2_000_000
+        # Half the period, as sd_watchdog_enabled(3) advises; 0 would spin the loop.
+        return int(usec) / 2_000_000 if int(usec) > 0 else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Ping the watchdog at half its period and refresh STATUS, until ``stop``."""

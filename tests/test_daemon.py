@@ -180,6 +180,14 @@ def test_no_watchdog_task_without_systemd_asking(edged: Start) -> None:
     assert "systemd watchdog" not in d.log()
 
 
+@pytest.mark.parametrize("env", [{"WATCHDOG_USEC": "0"},
+                                 {"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}])
+def test_no_watchdog_for_a_zero_period_or_another_pid(edged: Start, env: dict[str, str]) -> None:
+    d = edged({}, env=env)
+    assert d.stop() == 0
+    assert "systemd watchdog" not in d.log()
+
+
 def test_socket_activation_serves_the_inherited_socket(
         make_config: Callable[..., dict[str, Any]], state_dir: Path, short_tmp: Path) -> None:
     activator = _which("systemd-socket-activate")
