@@ -56,7 +56,9 @@ class LlamaBackend:
     def estimate(self, spec: ModelSpec, path: Path, threads: int) -> int:
         """Bytes this alias adds on top of its file's (shared) weights."""
         info = self.info(path)
-        extra = context_bytes(info, EMBED_CTX) if spec.embedding else 0
+        extra = 0
+        if spec.embedding:  # its own context, plus logits for a whole batch (see above)
+            extra = context_bytes(info, EMBED_CTX) + info.n_vocab * EMBED_BATCH * 4
         return context_bytes(info, spec.context) + extra
 
     def load(self, spec: ModelSpec, path: Path, threads: int) -> LoadedLlama:
