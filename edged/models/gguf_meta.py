@@ -2,8 +2,8 @@
 
 ``gguf.GGUFReader`` parses every key eagerly, including the 262k-entry tokenizer arrays of
 a Gemma vocabulary (about 9 s on a small box), so this walks the header itself and skips
-arrays it does not need; the value types and quantization block sizes come from the
-``gguf`` package so they stay in step with the format.
+arrays it does not need; the quantization block sizes come from the ``gguf`` package
+(imported only when a header is read) so they stay in step with the format.
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
 from edged.errors import IntegrityError
 
 GGUF_MAGIC = b"GGUF"
-_SCALARS: dict[GGUFValueType, str] = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
-}
+# GGUF value types (gguf.constants.GGUFValueType; the numbering is part of the file format).
+# Kept here so reading a header does not import gguf (and numpy) into an idle daemon.
+_STRING, _ARRAY = 8, 9
+_SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
+                            7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 # llama.cpp's compute buffer: activations for one micro-batch plus the output logits row.
 # Measured on Gemma 3 270M (n_ubatch 512): ~60 MiB; scale with width and vocabulary.
 _COMPUTE_FLOOR = 32 * 1024 * 1024
@@ -69,16 +66,14 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
     def value(self, vtype: int, keep: bool) -> Any:
-        try:
-            kind = GGUFValueType(vtype)
-        except ValueError:
-            raise IntegrityError(f"{self.path}: unknown GGUF value type {vtype} at byte "
-                                 f"{self.pos}", code="corrupt_model") from None
-        if kind == GGUFValueType.STRING:
+        if vtype == _STRING:
             return self.string()
-        if kind == GGUFValueType.ARRAY:
+        if vtype == _ARRAY:
             return self.array(keep)
-        return self.take(_SCALARS[kind])
+        if vtype not in _SCALARS:
+            raise IntegrityError(f"{self.path}: unknown GGUF value type {vtype} at byte "
+                                 f"{self.pos}", code="corrupt_model")
+        return self.take(_SCALARS[vtype])
 
     def array(self, keep: bool) -> Any:
         etype = self.take("<I")
@@ -137,6 +132,8 @@ def _tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[int, int]:
 
 
 def _tensor_bytes(dims: list[int], qtype: int, path: Path) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
     try:
         block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
     except (ValueError, KeyError):
