@@ -39,10 +39,12 @@ def daemon() -> Iterator[RunningDaemon]:
 
 
 def curl(d: RunningDaemon, path: str, *, user: str | None = None, method: str = "GET",
-         data: bytes | None = None) -> tuple[int, Any]:
+         data: bytes | None = None, as_is: bool = False) -> tuple[int, Any]:
     """A request from another process (optionally another uid): status and JSON body."""
     args = ["curl", "-sS", "--unix-socket", str(d.socket), "-X", method,
             "-o", "-", "-w", "\n%{http_code}", f"http://edged{path}"]
+    if as_is:
+        args.insert(1, "--path-as-is")  # send ".." and "." segments as they are
     if data is not None:
         args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
     # user= alone keeps root's gid; take the user's own primary group, and no others.
@@ -112,6 +114,14 @@ def test_roles_come_from_the_peer_uid(daemon: RunningDaemon, user: str, path: st
     if expected == 403:
         assert body["error"]["code"] == "forbidden"
         assert f"{path} needs the" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["//admin/ps", "/v1/../admin/ps", "/%61dmin/ps", "/./admin/ps",
+                                  "/health/../admin/ps", "/admin%2Fps", "/v1/%2e%2e/admin/ps"])
+def test_spelling_a_path_differently_does_not_skip_the_role_check(
+        daemon: RunningDaemon, path: str) -> None:
+    status, _ = curl(daemon, path, user=NO_ROLE_USER, as_is=True)
+    assert status in (403, 404)
 
 
 def test_a_client_passes_the_role_check_on_v1(daemon: RunningDaemon) -> None:
