@@ -194,3 +194,22 @@ def test_checkpoints_are_kept_and_queued_for_the_cloud(short_tmp: Path) -> None:
     assert isinstance(public, Ed25519PublicKey)
     assert all(Checkpoint(**cp).signed_by(public) for cp in queued)
     assert local[-1]["seq"] == len(exported(state))  # the last one covers daemon.stop
+
+
+def test_rotation_on_a_real_daemon(short_tmp: Path) -> None:
+    state = short_tmp / "st"
+    config = base_config(state)
+    with running(config, state) as d:
+        d.client.get("/health")
+        rotated = cli("keys", "rotate", "--state-dir", str(state), "--json")
+        assert rotated.returncode == 0, rotated.stderr
+        ids = json.loads(rotated.stdout)
+        d.client.get("/health")  # still sealed with the key it started with
+    with running(config, state) as again:
+        again.client.get("/health")
+        assert again.client.get("/health")["audit"]["key"] == ids["current"]
+        assert again.client.get("/admin/audit/verify")["ok"] is True
+    kinds = [e["kind"] for e in exported(state)]
+    assert kinds.count("audit.key_rotated") == 1
+    assert kinds.index("audit.key_rotated") == kinds.index("daemon.stop") + 1
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
