@@ -27,23 +27,27 @@ class ReplyWriter:
     def __init__(self, models: Inference | None) -> None:
         self._models = models
 
-    async def write(self, spec: AgentSpec, text: str, actions: list[JSON]) -> str:
+    async def write(self, spec: AgentSpec, text: str, actions: list[JSON]) -> tuple[str, str]:
+        """(reply, who wrote it: "model" or "template")."""
         facts = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
         if not facts:
-            return "Done."
+            return "Done.", "template"
         if not spec.model_reply or self._models is None:
-            return facts
+            return facts, "template"
         try:
             gen = await self._models.chat(spec.model, [{"role": "user", "content": _prompt(
                 spec, text, facts)}], GenerateParams(
-                    max_tokens=spec.reply_max_tokens, temperature=0.2, stop=("\n\n",),
+                    max_tokens=spec.reply_max_tokens, temperature=0.2, stop=("\n",),
                     priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL))
         except EdgedError as e:
             log.warning("agent %s: the model could not write the reply: %s", spec.name,
                         e.message)
-            return facts
+            return facts, "template"
         candidate = gen.text.strip()
-        return candidate if acceptable(candidate, facts) else facts
+        if acceptable(candidate, facts):
+            return candidate, "model"
+        log.debug("agent %s: model reply %r not used", spec.name, candidate[:200])
+        return facts, "template"
 
 
 def _prompt(spec: AgentSpec, text: str, facts: str) -> str:
@@ -51,15 +55,21 @@ def _prompt(spec: AgentSpec, text: str, facts: str) -> str:
             "Answer the customer in one or two short sentences, using only the facts.")
 
 
+_IDS = re.compile(r"\b[A-Z]-[A-Z0-9]{6,}\b")
+_NEGATIVE = re.compile(r"\b(?:not|no|don't|out of stock|can't|couldn't|sorry|isn't)\b", re.I)
+
+
 def acceptable(reply: str, facts: str) -> bool:
-    """Non-empty, on topic, no number that the facts do not contain, nothing left out."""
+    """Non-empty, on topic, no number the facts lack, every reference (quote, ticket,
+    booking) kept, and as positive or negative as the facts are."""
     if len(reply) < 8 or len(reply) > 600:
         return False
     fact_numbers = set(_NUM.findall(facts.replace(",", "")))
     if any(n not in fact_numbers for n in _NUM.findall(reply.replace(",", ""))):
         return False
-    # Every number the facts give (prices, times, ticket ids) must reach the customer.
-    if not fact_numbers <= set(_NUM.findall(reply.replace(",", ""))):
+    if not set(_IDS.findall(facts)) <= set(_IDS.findall(reply)):
+        return False
+    if bool(_NEGATIVE.search(facts)) != bool(_NEGATIVE.search(reply)):
         return False
     words = {w for w in re.findall(r"[a-z]+", reply.lower()) if w not in _STOP}
     fact_words = {w for w in re.findall(r"[a-z]+", facts.lower()) if w not in _STOP}

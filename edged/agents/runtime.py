@@ -42,6 +42,7 @@ QUESTIONS = {
     "patient_name": "May I have the patient's full name?",
     "section": "Would you like your appointments, results, prescriptions or billing?",
 }
+MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
 FOLLOWABLE = {"check_inventory", "find_alternatives", "create_price_quote",
               "check_appointment_availability", "book_appointment", "access_patient_portal"}
 FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
@@ -90,10 +91,12 @@ class Turn:
     intent: str | None = None
     route_ms: float = 0.0
     pending: JSON | None = None  # the request a clarifying question is completing
+    reply_by: str = "template"  # or "model"
 
     def body(self) -> JSON:
         out: JSON = {"session_id": self.session_id, "reply": self.reply, "actions": self.actions,
-               "intent": self.intent, "route_ms": round(self.route_ms, 1)}
+               "intent": self.intent, "route_ms": round(self.route_ms, 1),
+               "reply_by": self.reply_by}
         if self.pending is not None:
             out["pending"] = self.pending
         return out
@@ -185,8 +188,8 @@ class AgentRuntime:
         state.pop("pending", None)
         ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
         actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
-        reply = await self._writer.write(agent.spec, text, actions)
-        return Turn(session.id, reply, actions, intent, route_ms)
+        reply, by = await self._writer.write(agent.spec, text, actions)
+        return Turn(session.id, reply, actions, intent, route_ms, reply_by=by)
 
     async def _intent(self, agent: Agent, state: JSON, text: str) -> str | None:
         route = agent.router.route(text, await self._query_vector(agent, text))
@@ -253,7 +256,8 @@ class AgentRuntime:
         args = {**base, **found}
         if _valid(tool, args) and toolset.check(tool.name, args):
             return args
-        if agent.spec.model_slots:
+        missing = set(tool.schema["required"]) - set(args)
+        if agent.spec.model_slots and not (missing and missing <= MODEL_CANNOT_FILL):
             proposed = await self._slots.propose(agent.spec, tool, text)
             if proposed and _valid(tool, {**proposed, **args}) and toolset.check(
                     tool.name, {**proposed, **args}):

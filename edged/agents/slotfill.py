@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from typing import Any
 
 from edged.agents.config import AgentSpec
 from edged.agents.grammar import gbnf
+from edged.agents.slots import NUMBER_WORDS, normalize, words
 from edged.agents.tools import JSON, Tool
 from edged.errors import EdgedError
 from edged.models.contract import PRIORITY_HIGH, PRIORITY_NORMAL, GenerateParams, Inference
@@ -45,7 +47,28 @@ class SlotFiller:
             return None
         if not isinstance(data, dict):
             return None
-        return {k: v for k, v in data.items() if v not in (None, "", [])}
+        return {k: v for k, v in data.items()
+                if v not in (None, "", []) and grounded(k, v, text)}
+
+
+def grounded(key: str, value: Any, text: str) -> bool:
+    """Is the proposed value in the request? A small model fills gaps with plausible
+    inventions (a date, a name, a URL), and an invented slot must never book anything."""
+    if key in ("date", "time"):
+        return False  # only what slots.parse_date/parse_time read from the text
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return str(int(value)) in text or any(
+            w in NUMBER_WORDS for w in words(text))
+    if isinstance(value, str):
+        toks = normalize(value).split()
+        said = set(normalize(text).split())
+        return bool(toks) and sum(t in said for t in toks) / len(toks) >= 0.6
+    if isinstance(value, list):
+        return all(isinstance(v, dict) and all(grounded(k, x, text) for k, x in v.items())
+                   for v in value)
+    return False
 
 
 def _prompt(tool: Tool, text: str) -> str:

@@ -30,7 +30,7 @@ def agents_config(state_dir: Path, *, model: bool = True, **agents: Any) -> dict
     common = {"model": "gemma3-270m", "model_slots": model, "model_reply": model,
               "embeddings": model}
     doc = {
-        "models": {"cache_dir": str(MODEL_CACHE.parent), "gemma3-270m": bundled_alias(
+        "models": {"cache_dir": str(MODEL_CACHE), "gemma3-270m": bundled_alias(
             embedding=True, context=1024, chat_format="gemma-base")},
         "agents": {
             "data_dir": str(REPO / "config" / "data"),

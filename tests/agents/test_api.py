@@ -196,3 +196,16 @@ def test_date_phrases_reach_the_tool(agents_daemon: RunningDaemon) -> None:
     args = body["actions"][0]["arguments"]
     assert args["date"] == (dt.date.today() + dt.timedelta(days=1)).isoformat()
     assert args["part_of_day"] == "afternoon"
+
+
+def test_tool_calls_are_audited(agents_daemon: RunningDaemon) -> None:
+    chat(agents_daemon, "kiosk", "is the Xbox Series X in stock?")
+    out = cli("audit", "export", "--config", str(agents_daemon.config_path),
+              "--kind", "tool.call")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    calls = [e["data"] for e in events if e["data"]["tool"] == "check_inventory"
+             and e["data"]["arguments"].get("product") == "Xbox Series X"]
+    assert calls, events[-3:]
+    assert calls[-1]["outcome"] == "ok" and calls[-1]["duration_ms"] >= 0
+    assert calls[-1]["result"]["carried"] is True
