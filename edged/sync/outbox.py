@@ -114,6 +114,8 @@ class Outbox:
         self.usage = Usage()
         self.refusals: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue(maxsize=1000)
         self.last_refused: float | None = None
+        # True from a refusal until room is made (an ack) or a non-droppable row fits again.
+        self.refusing = False
 
     # -- queueing (OutboxQueue)
 
@@ -138,6 +140,8 @@ class Outbox:
             "INSERT INTO outbox (kind, key, is_json, payload, size, created) "
             "VALUES (?, ?, ?, ?, ?, ?)", (kind, key, int(is_json), body, size, time.time()))
         await _add_usage(db, kind, 1, size)
+        if kind not in DROPPABLE:
+            self.refusing = False
         self.pending.set()
 
     async def _make_room(self, db: aiosqlite.Connection, kind: str, size: int) -> bool:
@@ -174,6 +178,7 @@ class Outbox:
             log.warning("outbox full: dropped the new metric rollup %s", key)
             return
         self.last_refused = time.time()
+        self.refusing = True
         log.error("outbox full (%d bytes, sync.max_bytes): refused %s %s", self.max_bytes,
                   kind, key)
         if not self.refusals.full():
@@ -204,6 +209,7 @@ class Outbox:
         """Delete rows the cloud has acknowledged."""
         if not rows:
             return
+        self.refusing = False
         async with self._store.transaction() as db:
             await _delete_ids(db, [r.id for r in rows])
             for kind in {r.kind for r in rows}:

@@ -21,8 +21,7 @@ from edged.sync.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-# Degraded after a refusal while the outbox stays this full.
-FULL_RATIO = 0.9
+ALERT_EVERY = 60.0
 
 
 class SyncService:
@@ -72,15 +71,13 @@ class SyncService:
                 await self._audit.append("sync.outbox_full", "daemon", data)
             except Exception:
                 log.exception("cannot audit the outbox-full alert")
-
-    def full(self) -> bool:
-        usage = self.outbox.usage.total_bytes
-        return (self.outbox.last_refused is not None
-                and usage >= FULL_RATIO * self.outbox.max_bytes)
+            # At most one alert per interval: an alert is an audit record, whose checkpoint
+            # the full outbox may refuse in turn, which would make another alert.
+            await asyncio.sleep(ALERT_EVERY)
 
     def health(self) -> dict[str, Any]:
         status = self.uploader.status()
-        status["degraded"] = self.full()
+        status["degraded"] = self.outbox.refusing
         if status["degraded"]:
             status["message"] = ("the outbox is full: new tickets and checkpoints are refused "
                                  "until the cloud takes some (see `edged sync status`)")

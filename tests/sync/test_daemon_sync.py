@@ -107,3 +107,24 @@ def test_sigkill_mid_batch_then_restart_delivers_every_ticket_once(
         assert set(cloud.sent) == set(keys)
         r = second.client.post("/admin/sync")
         assert r["error"] is None and r["queued"]["ticket"] == 0
+
+
+def test_outbox_at_its_bound_refuses_checkpoints_and_says_so(
+        edged: Callable[..., RunningDaemon], state_dir: Path) -> None:
+    # No endpoint: audit checkpoints (one every 2 records) pile up until the bound.
+    d = edged({"sync": {"max_bytes": "3KiB"}, "audit": {"checkpoint_every": 2}})
+    for _ in range(40):
+        d.client.get("/health")
+    health = d.client.get("/health")
+    assert health["status"] == "degraded", health["sync"]
+    assert health["sync"]["degraded"] and "outbox is full" in health["sync"]["message"]
+    assert health["sync"]["queued_bytes"] <= 3 * 1024
+    metrics = d.client.get("/metrics")
+    assert 'edged_outbox_refused_total{kind="checkpoint"}' in metrics
+    assert d.stop() == 0
+    export = cli("audit", "export", "--state-dir", str(state_dir),
+                 "--keys-dir", str(state_dir / "keys"))
+    assert export.returncode == 0, export.stderr
+    alerts = [json.loads(line) for line in export.stdout.splitlines()
+              if '"sync.outbox_full"' in line]
+    assert alerts and alerts[0]["data"]["refused"][0]["kind"] == "checkpoint"

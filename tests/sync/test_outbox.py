@@ -68,14 +68,16 @@ async def test_batches_are_ordered_and_bounded_and_acks_delete(store: Store) -> 
 
 async def test_full_outbox_drops_oldest_rollups_first(store: Store) -> None:
     row = 1000
-    outbox = outbox_for(store, max_bytes=5 * (row + ROW_OVERHEAD + 10))
+    registry = CollectorRegistry()
+    outbox = Outbox(store, 5 * (row + ROW_OVERHEAD + 10), registry)
     for i in range(4):
         await outbox.enqueue(METRICS, f"m-{i:03}", b"x" * row)
     await outbox.enqueue(TICKET, "t-000001", b"y" * row)
     await outbox.enqueue(TICKET, "t-000002", b"y" * row)
     metrics = [r.key for r in await outbox.batch(METRICS, 100, 1 << 30)]
     assert metrics == ["m-001", "m-002", "m-003"]
-    assert outbox.metrics.dropped.labels(METRICS)._value.get() == 1
+    assert registry.get_sample_value("edged_outbox_dropped_total", {"kind": METRICS}) == 1
+    assert not outbox.refusing  # dropping rollups is the plan, not a fault
 
 
 async def test_full_outbox_refuses_tickets_and_checkpoints(store: Store) -> None:
@@ -91,4 +93,7 @@ async def test_full_outbox_refuses_tickets_and_checkpoints(store: Store) -> None
     keys = [r.key for k in (TICKET, CHECKPOINT) for r in await outbox.batch(k, 10, 1 << 30)]
     assert keys == ["t-000001", "c-000001"]
     assert outbox.refusals.qsize() == 2
-    assert outbox.last_refused is not None
+    assert outbox.refusing
+    await outbox.acknowledge(await outbox.batch(TICKET, 1, 1 << 30))
+    assert not outbox.refusing  # the cloud took some: there is room again
+    await outbox.enqueue(TICKET, "t-000002", b"y" * row)
