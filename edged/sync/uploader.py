@@ -129,18 +129,19 @@ class Uploader:
     async def _drain_kind(self, kind: str, result: Drain) -> bool:
         while rows := await self._outbox.batch(kind, self._cfg.batch_rows,
                                                self._cfg.batch_bytes):
-            acked = await self._send(kind, rows)
-            await self._outbox.acknowledge(acked)
+            acked, dropped = await self._send(kind, rows)
+            await self._outbox.acknowledge(acked + dropped)
             self._observe_lag(kind, acked)
             result.count(kind, len(acked))
-            if len(acked) < len(rows):
+            if len(acked) + len(dropped) < len(rows):
                 # The rest stay queued; sending them again now would only loop.
                 result.error = (f"{kind}: the cloud acknowledged {len(acked)} of {len(rows)} "
                                 "rows; the rest stay queued")
                 return False
         return True
 
-    async def _send(self, kind: str, rows: list[Row]) -> list[Row]:
+    async def _send(self, kind: str, rows: list[Row]) -> tuple[list[Row], list[Row]]:
+        """The rows the cloud acknowledged, and the rollups it refused for good."""
         assert self._cloud is not None
         request = await asyncio.to_thread(encode_batch, kind, rows, self._device_id)
         try:
@@ -150,10 +151,10 @@ class Uploader:
                 # OTLP: a 4xx other than 408/429 must not be retried; rollups may be dropped.
                 self._outbox.metrics.dropped.labels(METRICS).inc(len(rows))
                 log.warning("the cloud refused %d metric rollups for good: %s", len(rows), e)
-                return rows
+                return [], rows
             raise
         try:
-            return acknowledged(kind, rows, body)
+            return acknowledged(kind, rows, body), []
         except BadAck as e:
             raise SyncFailed(str(e)) from None
 

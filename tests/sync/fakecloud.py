@@ -26,8 +26,8 @@ from edged.sync.rollup import KEY_ATTRIBUTE
 
 FIELDS = {"/v1/tickets": "tickets", "/v1/audit/checkpoints": "checkpoints",
           "/v1/events": "events"}
-# ok | 500 | stall | reset | lose_ack | store_then_stall
-MODES = ("ok", "500", "stall", "reset", "lose_ack", "store_then_stall")
+# ok | 400 | 500 | stall | reset | lose_ack | store_then_stall
+MODES = ("ok", "400", "500", "stall", "reset", "lose_ack", "store_then_stall")
 
 
 class FakeCloud:
@@ -122,8 +122,8 @@ class FakeCloud:
         if not self._authorized(request):
             return "ok", web.json_response({"error": "bad token"}, status=401)
         mode = self._next_mode(request.path)
-        if mode == "500":
-            return mode, web.json_response({"error": "boom"}, status=500)
+        if mode in ("400", "500"):
+            return mode, web.json_response({"error": "boom"}, status=int(mode))
         if mode == "stall":
             assert self._release is not None
             await self._release.wait()
