@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,8 +38,13 @@ MAX_EVENT_BYTES = 1024 * 1024
 T = TypeVar("T")
 
 
+def utc_text(when: float) -> str:
+    """The event-time format (UTC, microseconds, Z); such strings sort in time order."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return utc_text(time.time())
 
 
 @dataclass
@@ -46,7 +52,7 @@ class _Entry:
     kind: str
     actor: str
     data: Mapping[str, Any]
-    time: str
+    time: float  # when append() was called; formatted on the writer thread
     done: asyncio.Future[int]
 
 
@@ -191,10 +197,12 @@ class AuditLog:
         if self._closed or self._pos is None:
             raise Unavailable("the audit log is closed", code="audit_closed")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Entry(kind, actor, data, utc_now(), done))
+        self._pending.append(_Entry(kind, actor, data, time.time(), done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="audit-flush")
-        return await asyncio.shield(done)
+        # A caller cancelled while it waits cancels only its wait: the record is written
+        # all the same (the flusher skips answering a cancelled future).
+        return await done
 
     async def _flush(self) -> None:
         while self._pending and self._failed is None:
@@ -210,6 +218,8 @@ class AuditLog:
                 self._fail(f"internal error: {e}", batch)
                 return
             for entry, result in zip(batch, results, strict=True):
+                if entry.done.cancelled():
+                    continue
                 if isinstance(result, Exception):
                     entry.done.set_exception(result)
                 else:
@@ -257,8 +267,8 @@ class AuditLog:
 
     @staticmethod
     def _encode(seq: int, entry: _Entry) -> bytes | EdgedError:
-        event = {"seq": seq, "time": entry.time, "kind": entry.kind, "actor": entry.actor,
-                 "data": entry.data}
+        event = {"seq": seq, "time": utc_text(entry.time), "kind": entry.kind,
+                 "actor": entry.actor, "data": entry.data}
         try:
             raw = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError) as e:

@@ -216,3 +216,15 @@ def test_a_failed_write_refuses_appends_and_keeps_what_was_acknowledged(tmp_path
     got = [e["data"]["i"] for e in events(tmp_path) if e["kind"] == "test.event"]
     assert got[:len(result["acked"])] == list(range(len(result["acked"])))
     assert verified(tmp_path) >= len(result["acked"]) + 3
+
+
+async def test_a_cancelled_caller_still_gets_its_record_written(tmp_path: Path) -> None:
+    async with open_log(tmp_path) as log:
+        waiting = asyncio.create_task(log.append("test.cancelled", "test", {}))
+        others = asyncio.gather(*(log.append("test.other", "test", {"i": i}) for i in range(5)))
+        await asyncio.sleep(0)  # let it queue: the cancel then hits its wait, not the queueing
+        waiting.cancel()
+        assert await others == [3, 4, 5, 6, 7]
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert [e["kind"] for e in events(tmp_path)][1:3] == ["test.cancelled", "test.other"]
