@@ -213,3 +213,13 @@ def test_rotation_on_a_real_daemon(short_tmp: Path) -> None:
     assert kinds.count("audit.key_rotated") == 1
     assert kinds.index("audit.key_rotated") == kinds.index("daemon.stop") + 1
     assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
+
+
+def test_disabled_audit_writes_nothing_and_needs_no_keys(short_tmp: Path) -> None:
+    state = short_tmp / "st"
+    config = deep_merge(base_config(state), {"audit": {"enabled": False}})
+    with running(config, state) as d:
+        assert d.client.get("/health")["status"] == "ok"
+        with pytest.raises(ApiError, match="no such route"):
+            d.client.get("/admin/audit/verify")
+    assert not (state / "audit").exists() and not (state / "keys" / "audit.key").exists()
