@@ -131,9 +131,10 @@ class Outbox:
             raise ValueError("an outbox row needs a non-empty idempotency key")
         is_json, body = encode(payload)
         size = len(body) + len(key) + ROW_OVERHEAD
-        if await _exists(db, key):
+        exists, used = await _lookup(db, key)
+        if exists:
             return
-        if not await self._make_room(db, kind, size):
+        if used + size > self.max_bytes and not await self._make_room(db, kind, size, used):
             self._refuse(kind, key, size)
             return
         await db.execute(
@@ -144,13 +145,11 @@ class Outbox:
             self.refusing = False
         self.pending.set()
 
-    async def _make_room(self, db: aiosqlite.Connection, kind: str, size: int) -> bool:
+    async def _make_room(self, db: aiosqlite.Connection, kind: str, size: int,
+                         used: int) -> bool:
         """Free enough room for ``size`` bytes by dropping the oldest rollups; False when
         even that is not enough."""
-        used = await _total_bytes(db)
         excess = used + size - self.max_bytes
-        if excess <= 0:
-            return True
         if await _bytes_of(db, METRICS) < excess:
             return False
         await self._drop_oldest_rollups(db, excess)
@@ -250,15 +249,14 @@ class Outbox:
             self.metrics.oldest_age.labels(kind).set(0 if oldest is None else now - oldest)
 
 
-async def _exists(db: aiosqlite.Connection, key: str) -> bool:
-    async with db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)) as cur:
-        return await cur.fetchone() is not None
-
-
-async def _total_bytes(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT total(bytes) FROM outbox_usage") as cur:
+async def _lookup(db: aiosqlite.Connection, key: str) -> tuple[bool, int]:
+    """Whether the key is queued already, and the bytes in use: one round trip to the
+    database thread, since queueing sits on every ticket's path."""
+    async with db.execute("SELECT EXISTS (SELECT 1 FROM outbox WHERE key = ?), "
+                          "(SELECT total(bytes) FROM outbox_usage)", (key,)) as cur:
         row = await cur.fetchone()
-    return int(row[0]) if row else 0
+    assert row is not None
+    return bool(row[0]), int(row[1])
 
 
 async def _bytes_of(db: aiosqlite.Connection, kind: str) -> int:
