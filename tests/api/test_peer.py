@@ -1,0 +1,54 @@
+"""Roles from the peer's uid and groups (SO_PEERCRED), checked on the real daemon with
+clients running as other users."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from edged.api.peer import Role, RoleResolver
+from tests.api.curl import CLIENT_USER, NO_ROLE_USER, curl
+from tests.edgedtest import RunningDaemon
+
+
+def test_a_peer_role_follows_its_groups() -> None:
+    # uid 65534 (nobody) with gid 65534 (nogroup) on this Debian box: client through the group.
+    client = RoleResolver(("edged-admin",), ("nogroup",)).resolve(1, 65534, 65534)
+    assert (client.role, "nogroup" in client.groups) == (Role.CLIENT, True)
+    assert RoleResolver(("nogroup",), ()).resolve(1, 65534, 65534).role is Role.ADMIN
+    assert RoleResolver(("edged-admin",), ("edged",)).resolve(1, 65534, 65534).role is Role.NONE
+    assert RoleResolver((), ()).resolve(1, 0, 0).role is Role.ADMIN
+    assert RoleResolver((), ()).resolve(1, os.getuid(), 12345).role >= Role.CLIENT
+
+
+@pytest.mark.parametrize(("user", "path", "expected"), [
+    (NO_ROLE_USER, "/health", 200),
+    (NO_ROLE_USER, "/metrics", 200),
+    (NO_ROLE_USER, "/v1/models", 403),
+    (NO_ROLE_USER, "/admin/ps", 403),
+    (CLIENT_USER, "/health", 200),
+    (CLIENT_USER, "/v1/models", 200),
+    (CLIENT_USER, "/admin/ps", 403),
+])
+def test_roles_come_from_the_peer_uid(daemon: RunningDaemon, user: str, path: str,
+                                      expected: int) -> None:
+    status, body = curl(daemon, path, user=user)
+    assert status == expected, body
+    if expected == 403:
+        assert body["error"]["code"] == "forbidden"
+        assert f"{path} needs the" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["//admin/ps", "/v1/../admin/ps", "/%61dmin/ps", "/./admin/ps",
+                                  "/health/../admin/ps", "/admin%2Fps", "/v1/%2e%2e/admin/ps"])
+def test_spelling_a_path_differently_does_not_skip_the_role_check(
+        daemon: RunningDaemon, path: str) -> None:
+    status, _ = curl(daemon, path, user=NO_ROLE_USER, as_is=True)
+    assert status in (403, 404)
+
+
+def test_health_names_the_callers_role(daemon: RunningDaemon) -> None:
+    assert curl(daemon, "/health", user=CLIENT_USER)[1]["peer"]["role"] == "client"
+    assert curl(daemon, "/health", user=NO_ROLE_USER)[1]["peer"]["role"] == "none"
+    assert curl(daemon, "/health")[1]["peer"]["role"] == "admin"  # root
