@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -16,8 +16,10 @@ from edged.audit.sink import AuditSink
 from edged.sync.cloud import Cloud
 from edged.sync.config import SyncConfig
 from edged.sync.outbox import Outbox
-from edged.sync.rollup import Rollups
 from edged.sync.uploader import Uploader
+
+if TYPE_CHECKING:
+    from edged.sync.rollup import Rollups
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,12 @@ class SyncService:
             request_timeout=cfg.request_timeout)
         self.uploader = Uploader(cfg, outbox, self._cloud, device_id=device_id,
                                  registry=registry, audit=audit)
-        # Without an endpoint nobody would ever read rollups: do not fill the disk with them.
-        interval = cfg.rollup_interval if cfg.endpoint else 0.0
-        self.rollups = Rollups(interval, registry, outbox, device_id=device_id)
+        self.rollups: Rollups | None = None
+        # Without an endpoint nobody would ever read rollups: do not fill the disk with them,
+        # nor memory with opentelemetry-proto (about 5 MiB, imported only here).
+        if cfg.endpoint and cfg.rollup_interval > 0:
+            from edged.sync.rollup import Rollups
+            self.rollups = Rollups(cfg.rollup_interval, registry, outbox, device_id=device_id)
 
     async def __aenter__(self) -> SyncService:
         await self.outbox.recount()
@@ -54,7 +59,8 @@ class SyncService:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.uploader.run(), name="sync-uploader")
-            tg.create_task(self.rollups.run(), name="sync-rollups")
+            if self.rollups is not None:
+                tg.create_task(self.rollups.run(), name="sync-rollups")
             tg.create_task(self._alerts(), name="sync-alerts")
 
     async def _alerts(self) -> None:
