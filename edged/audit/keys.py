@@ -14,7 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -50,14 +50,20 @@ class AuditKeys:
     keys: Mapping[int, bytes]
     public: Ed25519PublicKey
     device: Ed25519PrivateKey | None  # absent for an auditor who has only device.pub
+    # One cipher object per key: building one per frame costs as much as opening the frame.
+    _ciphers: dict[int, AESGCM] = field(default_factory=dict, compare=False, repr=False)
 
     def aead(self, kid: int) -> AESGCM:
+        cipher = self._ciphers.get(kid)
+        if cipher is not None:
+            return cipher
         key = self.keys.get(kid)
         if key is None:
             known = ", ".join(kid_text(k) for k in sorted(self.keys))
             raise UnknownKey(f"written with audit key id {kid_text(kid)}, which is not in the "
                              f"keys folder (known: {known}); is this the right audit.key?")
-        return AESGCM(key)
+        cipher = self._ciphers[kid] = AESGCM(key)
+        return cipher
 
 
 def check_private(path: Path) -> None:
