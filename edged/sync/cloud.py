@@ -15,6 +15,7 @@ from types import TracebackType
 
 import aiohttp
 
+from edged.errors import ConfigError
 from edged.sync.contract import Request
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,11 @@ class Cloud:
 
     async def __aenter__(self) -> Cloud:
         # Loading CA certificates reads files: off the loop.
-        context = await asyncio.to_thread(ssl.create_default_context, cafile=self._ca_file)
+        try:
+            context = await asyncio.to_thread(ssl.create_default_context, cafile=self._ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"sync.ca_file: cannot load {self._ca_file} as PEM CA "
+                              f"certificates: {getattr(e, 'strerror', None) or e}") from None
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=context, limit=2), timeout=self._timeout,
             headers={"User-Agent": "edged", "X-Edged-Device": self._device_id})

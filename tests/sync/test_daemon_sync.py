@@ -128,3 +128,11 @@ def test_outbox_at_its_bound_refuses_checkpoints_and_says_so(
     alerts = [json.loads(line) for line in export.stdout.splitlines()
               if '"sync.outbox_full"' in line]
     assert alerts and alerts[0]["data"]["refused"][0]["kind"] == "checkpoint"
+
+
+def test_an_unreadable_ca_file_stops_the_daemon_with_exit_78(
+        edged: Callable[..., RunningDaemon], state_dir: Path) -> None:
+    d = edged({"sync": {"endpoint": "https://fleet.test", "ca_file": str(state_dir / "nope.pem")}},
+              expect_ready=False)
+    assert d.proc.wait(60) == 78
+    assert "sync.ca_file" in d.log() and "nope.pem" in d.log()
