@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024
 T = TypeVar("T")
+# Built once: json.dumps with options builds a new encoder on every call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def utc_text(when: float) -> str:
@@ -270,7 +272,7 @@ class AuditLog:
         event = {"seq": seq, "time": utc_text(entry.time), "kind": entry.kind,
                  "actor": entry.actor, "data": entry.data}
         try:
-            raw = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+            raw = _JSON.encode(event).encode()
         except (TypeError, ValueError) as e:
             return BadRequest(f"audit event {entry.kind!r}: data is not JSON: {e}")
         if len(raw) > MAX_EVENT_BYTES:
