@@ -21,6 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CHUNK = 500
+CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 SIDECARS = ("-wal", "-shm")
 
 
@@ -45,6 +46,10 @@ def check(path: Path) -> str | None:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
+        # Only damage counts: a locked, unreadable or missing-permission file is not corrupt,
+        # and moving it aside would hide the real problem.
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF not in CORRUPT_CODES:
+            raise
         return str(e)
     problems = [str(r[0]) for r in rows if r[0] != "ok"]
     return "; ".join(problems[:5]) or None

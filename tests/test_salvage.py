@@ -7,7 +7,9 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from edged.salvage import corrupt_copies
+import pytest
+
+from edged.salvage import check, corrupt_copies
 from edged.store import Schema, Store
 from tests.edgedtest import RunningDaemon
 
@@ -84,3 +86,18 @@ def test_daemon_reports_a_corrupt_database(edged: Callable[..., RunningDaemon],
     assert health["status"] == "degraded"
     assert health["store"]["degraded"] and health["store"]["corrupt_copies"]
     assert "corrupt" in d.log()
+
+
+async def test_a_locked_database_is_not_mistaken_for_a_corrupt_one(tmp_path: Path) -> None:
+    db = tmp_path / "edged.db"
+    make_db(db, 10)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            check(db)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert corrupt_copies(db) == []
