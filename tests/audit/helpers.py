@@ -12,6 +12,7 @@ from edged.audit.config import AuditConfig
 from edged.audit.frames import RawFrame, iter_frames, list_segments
 from edged.audit.keys import init_keys, load_keys
 from edged.audit.log import AuditLog
+from edged.sync.queue import OutboxQueue
 
 
 def audit_config(**changes: Any) -> AuditConfig:
@@ -21,13 +22,14 @@ def audit_config(**changes: Any) -> AuditConfig:
     return AuditConfig(**base)
 
 
-def open_log(state: Path, registry: CollectorRegistry | None = None, **changes: Any) -> AuditLog:
+def open_log(state: Path, registry: CollectorRegistry | None = None,
+             outbox: OutboxQueue | None = None, **changes: Any) -> AuditLog:
     """A log in ``state/audit`` with keys in ``state/keys`` (made on first use)."""
     keys_dir = state / "keys"
     if not (keys_dir / "audit.key").exists():
         init_keys(keys_dir)
     return AuditLog(audit_config(**changes), state / "audit", load_keys(keys_dir),
-                    device_id="test-box", registry=registry)
+                    device_id="test-box", registry=registry, outbox=outbox)
 
 
 async def append_events(log: AuditLog, n: int, kind: str = "test.event") -> list[int]:
