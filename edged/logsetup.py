@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -51,6 +53,21 @@ def under_journald() -> bool:
     return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
+class BadHttpFilter(logging.Filter):
+    """aiohttp logs a malformed request (bad request line, oversized header) with a
+    traceback at error level before answering 400 itself. That is bad input, not a fault of
+    ours: keep one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            first = str(exc.message).strip().splitlines()[0] if exc.message else ""
+            record.msg, record.args = "malformed HTTP request: %s", (first,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     if fmt == "auto":
         fmt = "journal" if under_journald() else "text"
@@ -65,3 +82,5 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [BadHttpFilter()]

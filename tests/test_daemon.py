@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,8 +21,6 @@ from edged.client import ApiError, Client
 from tests.edgedtest import REPO, RunningDaemon, dump_toml, start_daemon
 
 Start = Callable[..., RunningDaemon]
-# A timestamp at the start of a line, after the journal's <N> prefix and logger name if any.
-STAMP = re.compile(r"(<[0-7]>[\w.]+: )?\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
 
 
 def test_start_then_sigterm_exits_0_and_removes_the_socket(edged: Start) -> None:
@@ -216,38 +213,6 @@ def test_socket_activation_serves_the_inherited_socket(
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
-
-
-def test_journal_format_has_no_timestamp_of_its_own(
-        make_config: Callable[..., dict[str, Any]], state_dir: Path) -> None:
-    log_path = state_dir.parent / f"{state_dir.name}.log"
-    log_path.touch()
-    st = os.stat(log_path)  # stderr is this file: pretend it is the journal stream
-    d = start_daemon(make_config({"logging": {"format": "auto"}}), state_dir=state_dir,
-                     env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
-    assert d.stop() == 0
-    lines = [ln for ln in d.log().splitlines() if ln]
-    assert any(ln.startswith("<6>edged.daemon: edged ready on") for ln in lines), lines
-    assert all(re.match(r"<[0-7]>", ln) for ln in lines), lines
-    # The text format's own timestamp, which journald would duplicate, is not there.
-    assert not any(STAMP.match(ln) for ln in lines), lines
-
-
-def test_journal_stream_of_another_file_keeps_plain_text(
-        make_config: Callable[..., dict[str, Any]], state_dir: Path) -> None:
-    d = start_daemon(make_config({"logging": {"format": "auto"}}), state_dir=state_dir,
-                     env={"JOURNAL_STREAM": "1:1"})
-    assert d.stop() == 0
-    assert all(STAMP.match(ln) for ln in d.log().splitlines() if ln.startswith("20"))
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", d.log())
-
-
-def test_json_log_lines(make_config: Callable[..., dict[str, Any]], state_dir: Path) -> None:
-    d = start_daemon(make_config({"logging": {"format": "json"}}), state_dir=state_dir)
-    assert d.stop() == 0
-    records = [json.loads(ln) for ln in d.log().splitlines() if ln]
-    assert {"time", "level", "logger", "message"} <= set(records[0])
-    assert any(r["message"] == "edged stopped" for r in records)
 
 
 def _which(name: str) -> str:
