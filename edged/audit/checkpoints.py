@@ -88,8 +88,12 @@ class CheckpointFile:
         """(line number, checkpoint or what is wrong with the line)."""
         if not self.path.exists():
             return []
+        data = self.path.read_bytes()
+        # Only whole lines: a last line without its newline is being written right now, or
+        # was cut by a crash (and is removed at the next start); it was never a checkpoint.
+        whole = data[:data.rfind(b"\n") + 1].decode(errors="replace")
         out: list[tuple[int, Checkpoint | str]] = []
-        for n, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+        for n, line in enumerate(whole.splitlines(), 1):
             if not line.strip():
                 continue
             try:

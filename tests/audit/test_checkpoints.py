@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from edged.audit.keys import load_keys
+from edged.audit.verify import verify
 from edged.store import Store
 from edged.sync.outbox import SCHEMA, Outbox
 from edged.sync.queue import CHECKPOINT
-from tests.audit.helpers import open_log
+from tests.audit.helpers import fill_log, open_log
 
 
 @pytest.fixture
@@ -53,3 +55,17 @@ async def test_a_full_outbox_keeps_the_checkpoint_locally_and_says_so(
     assert health["degraded"] is True and "not queued" in health["error"]
     assert [cp["seq"] for cp in local_checkpoints(tmp_path)] == [3, 5]
     assert await outbox.batch(CHECKPOINT, 10, 1 << 20) == []
+
+
+async def test_a_half_written_checkpoint_line_is_ignored_then_cut(tmp_path: Path) -> None:
+    await fill_log(tmp_path, 12)
+    path = tmp_path / "audit" / "checkpoints"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"device": "test-box", "head": "ab')
+    keys = load_keys(tmp_path / "keys", need_device=False)
+    report = verify(tmp_path / "audit", keys)
+    assert report.ok and report.checkpoints == len(whole.splitlines())
+    async with open_log(tmp_path):
+        pass
+    assert path.read_bytes().startswith(whole) and path.read_bytes().endswith(b"}\n")
+    assert verify(tmp_path / "audit", keys).ok
