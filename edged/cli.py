@@ -25,6 +25,7 @@ from edged.remote.versions import load_active
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
+STATUS_TIMEOUT = 15.0
 
 DEV_CONFIG = Path("config/edged.toml")
 SYSTEM_CONFIG = Path("/etc/edged/edged.toml")
@@ -86,6 +87,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("edged").error("cannot serve: %s", e.message)
         # A config or key-file problem will not go away on a restart: EX_CONFIG stops systemd.
         return EX_CONFIG if isinstance(e, ConfigError) else 1
+    except OSError as e:
+        # A folder or file it cannot use (permissions, a file where a folder should be):
+        # the path and the reason say it all, a traceback adds nothing.
+        logging.getLogger("edged").error("cannot serve: %s", e)
+        return 1
     return 0
 
 
@@ -118,7 +124,9 @@ def _summary(part: dict[str, Any]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    emit(args, client_for(args).get("/health"), _render_status)
+    client = client_for(args)
+    client.timeout = STATUS_TIMEOUT  # /health answers at once; a hung daemon should not hang us
+    emit(args, client.get("/health"), _render_status)
     return 0
 
 

@@ -125,6 +125,20 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(
     assert first.client.get("/health")["status"] == "ok"
 
 
+def test_an_unusable_state_dir_is_one_error_line(
+        make_config: Callable[..., dict[str, Any]], short_tmp: Path) -> None:
+    blocker = short_tmp / "file"
+    blocker.write_text("a file where the state folder should be")
+    state_dir = blocker / "st"
+    config = make_config({"daemon": {"state_dir": str(state_dir),
+                                     "socket": str(short_tmp / "s.sock")}})
+    d = start_daemon(config, state_dir=short_tmp / "cfg", expect_ready=False)
+    assert d.proc.wait(60) == 1
+    assert "ERROR   edged: cannot serve: " in d.log()
+    assert "Traceback" not in d.log()
+    assert not (short_tmp / "s.sock").exists()
+
+
 def test_a_stale_socket_is_replaced(edged: Start, state_dir: Path) -> None:
     state_dir.mkdir(parents=True)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
