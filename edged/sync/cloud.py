@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 class SyncFailed(Exception):
     """An attempt did not get an acknowledgement; the rows stay queued."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class Cloud:
@@ -72,7 +74,8 @@ class Cloud:
                 body = await resp.read()
                 if resp.status // 100 != 2:
                     text = body[:200].decode(errors="replace")
-                    raise SyncFailed(f"{request.path}: HTTP {resp.status}: {text}", resp.status)
+                    raise SyncFailed(f"{request.path}: HTTP {resp.status}: {text}", resp.status,
+                                     _retry_after(resp.headers.get("Retry-After")))
                 return body
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise SyncFailed(f"{request.path}: {_describe(e)}") from None
@@ -91,3 +94,11 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header; the HTTP-date form is ignored (backoff applies)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

@@ -37,6 +37,7 @@ class Drain:
 
     sent: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    retry_after: float | None = None  # what the cloud asked for (429/503 Retry-After)
 
     def count(self, kind: str, n: int) -> None:
         if n:
@@ -50,6 +51,7 @@ class SyncState:
     last_error: str | None = None
     last_error_at: float | None = None
     next_attempt: float | None = None
+    retry_after: float | None = None
     failures: int = 0
     delivered: dict[str, int] = field(default_factory=dict)
 
@@ -82,14 +84,18 @@ class Uploader:
             await self._outbox.refresh()
             if self._cloud is not None:
                 await self._record(await self.drain())
-            await self._wait(self._delay())
+            await self._wait(self.plan_next_attempt())
 
-    def _delay(self) -> float | None:
+    def plan_next_attempt(self) -> float | None:
+        """Seconds until the next attempt (None: when a row comes); sets ``next_attempt``."""
         if self._cloud is None or self.state.failures == 0:
             self.state.next_attempt = None
             return None
         delay = backoff(self.state.failures, self._cfg.backoff_base, self._cfg.backoff_cap,
                         self._rng)
+        if self.state.retry_after is not None:
+            # The cloud said when: not sooner, but never past our own cap.
+            delay = max(delay, min(self.state.retry_after, self._cfg.backoff_cap))
         self.state.next_attempt = time.time() + delay
         return delay
 
@@ -123,7 +129,7 @@ class Uploader:
                     if not await self._drain_kind(kind, result):
                         break
             except SyncFailed as e:
-                result.error = str(e)
+                result.error, result.retry_after = str(e), e.retry_after
         return result
 
     async def _drain_kind(self, kind: str, result: Drain) -> bool:
@@ -176,6 +182,7 @@ class Uploader:
                 await self._audit_event("sync.failing", {"error": result.error})
             state.failures += 1
             state.last_error, state.last_error_at = result.error, now
+            state.retry_after = result.retry_after
             log.warning("sync failed (%d in a row): %s", state.failures, result.error)
         # Not for checkpoints alone: auditing their delivery would make records that make
         # checkpoints that get delivered, for ever when audit.checkpoint_every is small.

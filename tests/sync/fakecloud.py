@@ -26,8 +26,8 @@ from edged.sync.rollup import KEY_ATTRIBUTE
 
 FIELDS = {"/v1/tickets": "tickets", "/v1/audit/checkpoints": "checkpoints",
           "/v1/events": "events"}
-# ok | 400 | 500 | stall | reset | lose_ack | store_then_stall
-MODES = ("ok", "400", "500", "stall", "reset", "lose_ack", "store_then_stall")
+# ok | 400 | 500 | 503 | stall | reset | lose_ack | store_then_stall
+MODES = ("ok", "400", "500", "503", "stall", "reset", "lose_ack", "store_then_stall")
 
 
 class FakeCloud:
@@ -36,6 +36,7 @@ class FakeCloud:
         self.token = token
         self._ssl = ssl_context
         self.mode = "ok"
+        self.retry_after: str | None = None  # Retry-After on 4xx/5xx answers
         self.script: list[str] = []  # modes for the next requests, then `mode`
         self.stored: dict[str, dict[str, Any]] = {}  # key -> item, per contract (deduped)
         self.order: list[str] = []  # keys in the order first stored
@@ -122,8 +123,9 @@ class FakeCloud:
         if not self._authorized(request):
             return "ok", web.json_response({"error": "bad token"}, status=401)
         mode = self._next_mode(request.path)
-        if mode in ("400", "500"):
-            return mode, web.json_response({"error": "boom"}, status=int(mode))
+        if mode in ("400", "500", "503"):
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return mode, web.json_response({"error": "boom"}, status=int(mode), headers=headers)
         if mode == "stall":
             assert self._release is not None
             await self._release.wait()

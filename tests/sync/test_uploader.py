@@ -187,6 +187,17 @@ async def test_a_new_row_wakes_the_waiting_uploader(tmp_path: Path, cloud: FakeC
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_retry_after_is_honoured_up_to_the_cap(tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.mode, cloud.retry_after = "503", "30"
+    async with rig(tmp_path, cloud.url, backoff_base="1ms", backoff_cap="10s") as r:
+        await r.tickets(1)
+        assert "HTTP 503" in (await r.uploader.sync_now())["error"]
+        assert r.uploader.plan_next_attempt() == 10.0  # asked 30 s; our cap is 10 s
+        cloud.retry_after = "2"
+        await r.uploader.sync_now()
+        assert r.uploader.plan_next_attempt() == 2.0  # jitter alone would be <= 2 ms
+
+
 def test_backoff_is_full_jitter_under_the_cap() -> None:
     rng = random.Random(1)
     for failures in range(1, 40):
