@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edged.audit.checkpoints import Checkpoint
 from edged.audit.frames import list_segments
 from edged.client import ApiError
+from tests.audit.helpers import frame_of
 from tests.edgedtest import RunningDaemon, base_config, cli, deep_merge, running, short_tmpdir
 
 NO_ROLE_USER = "daemon"  # in no edged group: refused
@@ -223,3 +224,20 @@ def test_disabled_audit_writes_nothing_and_needs_no_keys(short_tmp: Path) -> Non
         with pytest.raises(ApiError, match="no such route"):
             d.client.get("/admin/audit/verify")
     assert not (state / "audit").exists() and not (state / "keys" / "audit.key").exists()
+
+
+def test_verify_on_a_running_daemon_names_tampering(short_tmp: Path) -> None:
+    state = short_tmp / "st"
+    with running(base_config(state), state) as d:
+        for _ in range(5):
+            d.client.get("/health")
+        path, _, end = frame_of(state, 3)
+        data = bytearray(path.read_bytes())
+        data[end - 1] ^= 0x01
+        path.write_bytes(bytes(data))
+        report = d.client.get("/admin/audit/verify")
+        assert report["ok"] is False and report["records"] == 2
+        assert report["first_bad"]["seq"] == 3
+        assert report["first_bad"]["segment"] == path.name
+        out = cli("audit", "verify", "--daemon", socket_path=d.socket)
+        assert out.returncode == 65 and "seq 3" in out.stderr
