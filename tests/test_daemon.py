@@ -229,6 +229,37 @@ def test_socket_activation_serves_the_inherited_socket(
             proc.stderr.close()
 
 
+def test_an_inherited_tcp_socket_is_refused(
+        make_config: Callable[..., dict[str, Any]], short_tmp: Path) -> None:
+    with socket.socket() as probe:  # a free local port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config_path = short_tmp / "tcp.toml"
+    config_path.write_text(dump_toml(make_config()))
+    proc = subprocess.Popen(
+        [_which("systemd-socket-activate"), "-l", f"127.0.0.1:{port}",
+         sys.executable, "-m", "edged", "serve", "--config", str(config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        assert proc.stderr is not None
+        assert b"Listening on" in proc.stderr.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: edged\r\n\r\n")
+            try:
+                answer = conn.recv(4096)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b"", f"a TCP client was served: {answer!r}"
+        assert proc.wait(60) == 1
+        assert b"is not a Unix stream socket" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 def _which(name: str) -> str:
     found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/bin:/bin")
     assert found, f"{name} is not installed (Debian package systemd; .ci/run installs it)"

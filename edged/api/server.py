@@ -40,6 +40,11 @@ def inherited_socket() -> socket.socket | None:
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
     sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        # Roles come from SO_PEERCRED, which only a Unix socket carries: never serve TCP.
+        sock.close()
+        raise SocketInUse("the socket systemd passed (LISTEN_FDS) is not a Unix stream socket; "
+                          "edged.socket must use ListenStream=/path")
     sock.setblocking(False)
     return sock
 
