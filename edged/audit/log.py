@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024
 T = TypeVar("T")
-# Built once: json.dumps with options builds a new encoder on every call.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Built once: json.dumps with options builds a new encoder on every call. Values JSON has no
+# type for (a Path, a datetime, a Decimal from a tool) are kept as their text rather than
+# failing the record.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def utc_text(when: float) -> str:

@@ -124,11 +124,14 @@ async def test_bad_event_fails_alone(tmp_path: Path) -> None:
     async with open_log(tmp_path) as log:
         good = asyncio.create_task(log.append("test.ok", "test", {"n": 1}))
         with pytest.raises(BadRequest, match="not JSON"):
-            await log.append("test.bad", "test", {"x": object()})
+            await log.append("test.bad", "test", {("tuple", "key"): 1})
+        assert await log.append("test.path", "test", {"p": Path("/x/y")}) == 3
         with pytest.raises(BadRequest, match="bytes, more than"):
             await log.append("test.big", "test", {"x": "a" * (2 * 1024 * 1024)})
         assert await good == 2
-    assert [e["kind"] for e in events(tmp_path)] == ["daemon.start", "test.ok", "daemon.stop"]
+    assert [e["kind"] for e in events(tmp_path)] == ["daemon.start", "test.ok", "test.path",
+                                                     "daemon.stop"]
+    assert events(tmp_path)[2]["data"] == {"p": "/x/y"}
     with pytest.raises(Unavailable, match="closed"):
         await log.append("test.late", "test", {})
 
