@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 KINDS = (TICKET, CHECKPOINT, EVENT, METRICS)
 DROPPABLE = frozenset({METRICS})
+URGENT = frozenset({TICKET, EVENT})
 
 SCHEMA = Schema("sync", (
     """
@@ -111,6 +112,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.metrics = OutboxMetrics(registry)
         self.pending = asyncio.Event()  # set when a row is queued: wakes the uploader
+        # Set with ``pending`` for a ticket or event: worth cutting a backoff wait short for.
+        # Rollups and checkpoints come by the clock and wait for the backoff instead.
+        self.urgent = False
         self.usage = Usage()
         self.refusals: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue(maxsize=1000)
         self.last_refused: float | None = None
@@ -143,6 +147,7 @@ class Outbox:
         await _add_usage(db, kind, 1, size)
         if kind not in DROPPABLE:
             self.refusing = False
+        self.urgent = self.urgent or kind in URGENT
         self.pending.set()
 
     async def _make_room(self, db: aiosqlite.Connection, kind: str, size: int,

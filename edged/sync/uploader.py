@@ -81,6 +81,7 @@ class Uploader:
     async def run(self) -> None:
         while True:
             self._outbox.pending.clear()
+            self._outbox.urgent = False
             await self._outbox.refresh()
             if self._cloud is not None:
                 await self._record(await self.drain())
@@ -100,9 +101,18 @@ class Uploader:
         return delay
 
     async def _wait(self, delay: float | None) -> None:
+        """Until the delay is over or a row worth it comes: any row when all is well; in a
+        backoff only a ticket, an event or ``sync now``, so rollups and checkpoints on a
+        fleet of offline boxes do not hammer the cloud the moment it returns."""
+        loop = asyncio.get_running_loop()
+        deadline = None if delay is None else loop.time() + delay
         try:
-            async with asyncio.timeout(delay):
-                await self._outbox.pending.wait()
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    await self._outbox.pending.wait()
+                    if self.state.failures == 0 or self._outbox.urgent:
+                        return
+                    self._outbox.pending.clear()
         except TimeoutError:
             pass
 
@@ -115,7 +125,7 @@ class Uploader:
         await self._record(result)
         usage = await self._outbox.refresh()
         if result.error is None:
-            self._outbox.pending.set()  # the loop re-plans: no more backoff
+            self._outbox.pending.set()  # failures is 0 now: the loop wakes and re-plans
         return {"sent": result.sent, "error": result.error, "queued": dict(usage.rows)}
 
     async def drain(self) -> Drain:

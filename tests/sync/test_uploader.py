@@ -58,7 +58,8 @@ async def cloud() -> AsyncIterator[FakeCloud]:
 
 
 @asynccontextmanager
-async def rig(tmp_path: Path, endpoint: str, **values: Any) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, endpoint: str, rng: random.Random | None = None,
+              **values: Any) -> AsyncIterator[Rig]:
     settings = {"endpoint": endpoint, "batch_rows": 10, "backoff_base": "50ms",
                 "backoff_cap": "500ms", "request_timeout": "5s", **values}
     cfg = sync_config(**settings)
@@ -68,7 +69,8 @@ async def rig(tmp_path: Path, endpoint: str, **values: Any) -> AsyncIterator[Rig
             endpoint, device_id="box-1", token_file=token, ca_file=cfg.ca_file,
             connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout) as c:
         outbox = Outbox(store, cfg.max_bytes, registry)
-        uploader = Uploader(cfg, outbox, c, device_id="box-1", registry=registry, audit=None)
+        uploader = Uploader(cfg, outbox, c, device_id="box-1", registry=registry, audit=None,
+                            rng=rng)
         yield Rig(store, outbox, uploader, cfg, registry)
 
 
@@ -196,6 +198,27 @@ async def test_retry_after_is_honoured_up_to_the_cap(tmp_path: Path, cloud: Fake
         cloud.retry_after = "2"
         await r.uploader.sync_now()
         assert r.uploader.plan_next_attempt() == 2.0  # jitter alone would be <= 2 ms
+
+
+async def test_in_a_backoff_only_tickets_and_events_cut_the_wait_short(
+        tmp_path: Path, cloud: FakeCloud) -> None:
+    cloud.mode = "500"
+    # Random(0) draws 0.84 first: the wait after the first failure is 0.84 h.
+    async with rig(tmp_path, cloud.url, rng=random.Random(0), backoff_base="1h",
+                   backoff_cap="1h") as r:
+        task = asyncio.create_task(r.uploader.run())
+        try:
+            await r.outbox.enqueue(CHECKPOINT, "c-1", {"seq": 1})
+            assert await cloud.await_for(lambda c: len(c.requests) == 1)
+            await r.outbox.enqueue(CHECKPOINT, "c-2", {"seq": 2})
+            # A checkpoint (like a rollup) waits for the backoff: no second request comes.
+            assert not await cloud.await_for(lambda c: len(c.requests) > 1, within=0.5)
+            await r.tickets(1)
+            assert await cloud.await_for(lambda c: len(c.requests) == 2)
+            assert cloud.requests[1][0] == "/v1/tickets"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def test_backoff_is_full_jitter_under_the_cap() -> None:
