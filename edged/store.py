@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -108,13 +109,24 @@ class Store:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction (BEGIN IMMEDIATE); commits on success, rolls back on error."""
         async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
+                await asyncio.shield(self._finish("COMMIT"))
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # A cancellation can land while BEGIN or COMMIT is still running on
+                # aiosqlite's thread; the ROLLBACK queues behind it, so the connection never
+                # stays inside a half-open transaction.
+                await asyncio.shield(self._finish("ROLLBACK"))
                 raise
-            await self.db.execute("COMMIT")
+
+    async def _finish(self, verb: str) -> None:
+        """COMMIT or ROLLBACK, if a transaction is still open."""
+        try:
+            await self.db.execute(verb)
+        except sqlite3.OperationalError as e:
+            if "no transaction is active" not in str(e):
+                raise
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self.db.execute(sql, params) as cur:
