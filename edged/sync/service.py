@@ -85,8 +85,11 @@ class SyncService:
         status = self.uploader.status()
         status["degraded"] = self.outbox.refusing
         if status["degraded"]:
-            status["message"] = ("the outbox is full: new tickets and checkpoints are refused "
-                                 "until the cloud takes some (see `edged sync status`)")
+            status["message"] = (
+                "the outbox is full: new tickets and checkpoints are refused until the cloud "
+                "takes some (see `edged sync status`)" if self._cloud is not None else
+                "the outbox is full and sync.endpoint is not set, so nothing will drain it: "
+                "set an endpoint or raise sync.max_bytes")
         return status
 
     def status_line(self) -> str:
