@@ -136,3 +136,18 @@ def test_an_unreadable_ca_file_stops_the_daemon_with_exit_78(
               expect_ready=False)
     assert d.proc.wait(60) == 78
     assert "sync.ca_file" in d.log() and "nope.pem" in d.log()
+
+
+def test_cloud_down_at_start_then_back(edged: Callable[..., RunningDaemon],
+                                       state_dir: Path) -> None:
+    keys = [f"d-{i:03}" for i in range(30)]
+    queue_tickets(state_dir, keys)
+    with threaded_cloud() as (cloud, call):
+        call(cloud.down())
+        d = edged(sync_section(cloud.url, backoff_base="1h", backoff_cap="1h"))
+        r = d.client.post("/admin/sync")
+        assert r["sent"] == {} and "Connect" in r["error"] and r["queued"]["ticket"] == 30
+        call(cloud.up())
+        r = d.client.post("/admin/sync")
+        assert r["error"] is None and r["sent"]["ticket"] == 30
+        assert cloud.order == keys and cloud.duplicates() == {}
