@@ -64,7 +64,21 @@ def agents_daemon(module_tmp: Path) -> Iterator[RunningDaemon]:
 
 @pytest.fixture(scope="module")
 def model_daemon(module_tmp: Path) -> Iterator[RunningDaemon]:
+    """Both agents on the bundled model: embeddings, model slots and model replies."""
     bundled_model()
     d = start_daemon(agents_config(module_tmp / "sm"), state_dir=module_tmp / "sm")
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def routing_daemon(module_tmp: Path) -> Iterator[RunningDaemon]:
+    """The bundled model for routing and slots only: replies are templates, which keeps the
+    evaluation of 126 requests short on a small machine (scripts/bench/agents.py times the
+    full turns)."""
+    bundled_model()
+    config = agents_config(module_tmp / "sr", kiosk={"model_reply": False},
+                           clinic={"model_reply": False})
+    d = start_daemon(config, state_dir=module_tmp / "sr")
     yield d
     d.stop()
