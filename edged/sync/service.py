@@ -53,6 +53,12 @@ class SyncService:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.rollups is not None and exc is None:
+            # The counters since the last rollup would die with the process: queue them.
+            try:
+                await self.rollups.queue_one()
+            except Exception:
+                log.exception("cannot queue the last metrics rollup")
         if self._cloud is not None:
             await self._cloud.__aexit__(exc_type, exc, tb)
 

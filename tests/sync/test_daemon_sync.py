@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,21 @@ def test_cloud_down_at_start_then_back(edged: Callable[..., RunningDaemon],
         r = d.client.post("/admin/sync")
         assert r["error"] is None and r["sent"]["ticket"] == 30
         assert cloud.order == keys and cloud.duplicates() == {}
+
+
+def test_the_last_rollup_is_queued_at_shutdown_and_sent_after_restart(
+        edged: Callable[..., RunningDaemon], state_dir: Path) -> None:
+    with threaded_cloud() as (cloud, _call):
+        config = sync_section(cloud.url, rollup_interval="1h")
+        first = edged(config)
+        first.client.get("/health")
+        assert first.stop() == 0
+        assert cloud.metric_keys == []
+        db = sqlite3.connect(state_dir / "edged.db")
+        try:
+            (queued,) = db.execute("SELECT count(*) FROM outbox WHERE kind = 'metrics'").fetchone()
+        finally:
+            db.close()
+        assert queued == 1
+        edged(config)
+        assert cloud.wait_for(lambda c: len(c.metric_keys) == 1)
