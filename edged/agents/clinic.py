@@ -25,7 +25,7 @@ from edged.agents.sessions import Sealer
 from edged.agents.slots import normalize, parse_date, parse_time, part_of_day, similarity, words
 from edged.agents.tickets import Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
-from edged.errors import Unauthorized
+from edged.errors import BadRequest, Unauthorized
 from edged.store import Store
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -176,6 +176,10 @@ class ClinicTools:
         Keywords: book, schedule, make, appointment, reserve, see the doctor, set up
         """
         day, providers = _day(date), self.find_providers(provider)
+        if _at(day, time) <= self._clock():
+            return {"booked": False, "date": date, "time": time,
+                    "summary": f"{time} on {_nice(date)} has already passed; please pick a "
+                               "later time."}
         candidates = [p for p in providers if time in p.slots(day)]
         if not candidates:
             return await self._no_such_slot(ctx, providers, day, time, provider)
@@ -302,7 +306,7 @@ class ClinicTools:
             try:
                 if _day(str(args["date"])) < self._clock().date():
                     return False
-            except ValueError:
+            except BadRequest:
                 return False
         return True
 
@@ -329,7 +333,17 @@ class ClinicTools:
 
 
 def _day(text: str) -> dt.date:
-    return dt.date.fromisoformat(text)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"arguments.date: {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _at(day: dt.date, hhmm: str) -> dt.datetime:
+    try:
+        return dt.datetime.combine(day, dt.time.fromisoformat(hhmm))
+    except ValueError:
+        raise BadRequest(f"arguments.time: {hhmm!r} is not a time (HH:MM)") from None
 
 
 def _nice(iso: str) -> str:

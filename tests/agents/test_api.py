@@ -209,3 +209,10 @@ def test_tool_calls_are_audited(agents_daemon: RunningDaemon) -> None:
     assert calls, events[-3:]
     assert calls[-1]["outcome"] == "ok" and calls[-1]["duration_ms"] >= 0
     assert calls[-1]["result"]["carried"] is True
+
+
+def test_past_slot_is_not_booked(agents_daemon: RunningDaemon) -> None:
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    body = chat(agents_daemon, "clinic", f"book Dr. Patel on {yesterday} at 9am for Ana Silva")
+    result = body["actions"][0]["result"]
+    assert result["booked"] is False and "passed" in result["summary"]

@@ -90,3 +90,11 @@ async def test_groups_limit_who_may_use_an_agent(store: Store, tmp_path: Path) -
     assert [a.spec.name for a in rt.visible(peer({"edged"}, Role.CLIENT))] == ["kiosk"]
     assert len(rt.visible(peer({"edged", "nurses"}, Role.CLIENT))) == 2
     assert len(rt.visible(peer(set(), Role.ADMIN))) == 2
+
+
+async def test_malformed_date_is_a_clear_error(store: Store, tmp_path: Path) -> None:
+    rt = await runtime_on(store, tmp_path)
+    result = await rt.run_tool(rt.agents["clinic"], ToolContext("clinic", 1000, "s1"),
+                               "book_appointment", {"provider": "Dr. Patel", "date": "31/12",
+                                                    "time": "09:00", "patient_name": "A B"})
+    assert result["error"] == "bad_request" and "arguments.date" in result["summary"]
