@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,9 +56,15 @@ def module_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def agents_daemon(module_tmp: Path) -> Iterator[RunningDaemon]:
-    """One daemon per module with both agents, embeddings routing disabled unless the
-    module's tests load the model themselves (``model_daemon``)."""
-    d = start_daemon(agents_config(module_tmp / "st", model=False), state_dir=module_tmp / "st")
+    """One daemon per module with both agents and no model (words-only routing, template
+    replies). The clinic is for the group edged-clinic-test (and admins) only; ``nobody``
+    is a client."""
+    os.chmod(module_tmp, 0o755)  # nobody (group nogroup, a client) reaches the socket too
+    config = agents_config(module_tmp / "st", model=False,
+                           clinic={"allowed_groups": ["edged-clinic-test"]})
+    config["daemon"].update(socket=str(module_tmp / "a.sock"), socket_mode="0666",
+                            client_groups=["nogroup"])
+    d = start_daemon(config, state_dir=module_tmp / "st")
     yield d
     d.stop()
 

@@ -216,3 +216,22 @@ def test_past_slot_is_not_booked(agents_daemon: RunningDaemon) -> None:
     body = chat(agents_daemon, "clinic", f"book Dr. Patel on {yesterday} at 9am for Ana Silva")
     result = body["actions"][0]["result"]
     assert result["booked"] is False and "passed" in result["summary"]
+
+
+def test_other_uid_sees_allowed_agents_only_and_not_my_session(
+        agents_daemon: RunningDaemon) -> None:
+    from tests.api.curl import CLIENT_USER, curl
+
+    status, listed = curl(agents_daemon, "/v1/agents", user=CLIENT_USER)
+    assert status == 200 and [a["name"] for a in listed["data"]] == ["kiosk"]
+    status, body = curl(agents_daemon, "/v1/agents/clinic/chat", user=CLIENT_USER,
+                        method="POST", data=b'{"message": "hi"}')
+    assert status == 403
+    mine = chat(agents_daemon, "kiosk", "Do you have the Pixel 9 in stock?")
+    status, body = curl(agents_daemon, "/v1/agents/kiosk/chat", user=CLIENT_USER,
+                        method="POST", data=json.dumps({"message": "and in black?",
+                                                        "session_id": mine["session_id"]
+                                                        }).encode())
+    assert status == 404 and body["error"]["code"] == "unknown_session"
+    status, body = curl(agents_daemon, "/admin/ps", user=CLIENT_USER)
+    assert status == 403
