@@ -30,7 +30,7 @@ from edged.models.budget import Ledger, mib
 from edged.models.catalog import Catalog
 from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
 from edged.models.contract import GenerateParams, Generation
-from edged.models.memory import LoadMeter, budget_bytes, read_memory_facts, trim_heap
+from edged.models.memory import budget_bytes, process_memory, read_memory_facts, trim_heap
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
 from edged.models.worker import Worker
@@ -230,13 +230,8 @@ class ModelManager:
 
     async def _pieces(self, alias: str, prompt: Prompt, params: GenerateParams,
                       out: TokenStream) -> AsyncGenerator[str, None]:
-        loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def sink(piece: str) -> bool:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            return True
-
+        sink = _Handoff(asyncio.get_running_loop(), pieces.put_nowait)
         async with self._use(alias, params) as (slot, deadline):
             assert slot.worker is not None
             cancel = threading.Event()
@@ -303,7 +298,9 @@ class ModelManager:
         self._cancel_idle(slot)
         self._metrics.queue_depth.labels(slot.spec.alias).set(slot.active)
         try:
-            await self._ensure_loaded(slot, deadline)
+            if slot.state != "loaded":
+                await self._ensure_loaded(slot, deadline)
+                deadline += slot.load_seconds  # the deadline bounds waiting, not the load
             yield slot, deadline
         finally:
             slot.active -= 1
@@ -618,6 +615,32 @@ class ModelManager:
             log.exception("could not audit %s", kind)
 
 
+class _Handoff:
+    """Token pieces from a worker thread to the loop. One wake-up of the loop carries every
+    piece produced since the last one, so a busy loop costs the worker no extra wake-ups
+    (each ``call_soon_threadsafe`` writes to the loop's self-pipe)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[str], None]) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._buffer: list[str] = []
+
+    def __call__(self, piece: str) -> bool:
+        with self._lock:
+            self._buffer.append(piece)
+            if len(self._buffer) > 1:  # a flush is already scheduled and will take it
+                return True
+        self._loop.call_soon_threadsafe(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        for piece in batch:
+            self._deliver(piece)
+
+
 def _usable_cpus() -> int:
     import os
     try:
@@ -635,10 +658,12 @@ def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int) -> tu
 
 def _measured_load(backend: Backend, spec: ModelSpec, path: Path, threads: int
                    ) -> tuple[LoadedModel, int]:
-    """Runs on the model's worker thread; loads are serial, so the PSS delta is this load."""
-    meter = LoadMeter()
+    """Runs on the model's worker thread; loads are serial, so the PSS delta is this load.
+    No trim first (``LoadMeter`` would): every unload already ended with one, and a trim
+    costs tens of milliseconds on the load path."""
+    before = process_memory().pss
     model = backend.load(spec, path, threads)
-    return model, meter.stop().pss
+    return model, process_memory().pss - before
 
 
 def _close(model: LoadedModel) -> None:
