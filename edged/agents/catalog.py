@@ -34,7 +34,7 @@ CATEGORY_WORDS = {
     "networking": ("router", "wifi", "mesh", "modem"),
     "printers": ("printer", "printers", "scanner"),
 }
-_STOP = {"for", "to", "the", "a", "of", "and", "with", "in"}
+_STOP = {"for", "to", "the", "a", "of", "and", "with", "in", "my", "me", "i", "it"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,8 @@ class Catalog:
         if not strong:
             return None  # a bare number or a word like "black" is not a product mention
         recall = hit / total
+        if recall < 0.25:
+            return None  # one word of a long name ("drive" of "My Passport Hard Drive")
         own = set(CATEGORY_WORDS.get(line.category, ()))
         vocab_q = {w for w in query if w in self.vocabulary and w not in own}
         precision = len(vocab_q & set(span)) / len(vocab_q) if vocab_q else 1.0

@@ -381,7 +381,8 @@ def _patient_name(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-_SECTIONS = (("results", ("result", "lab", "test", "blood work", "bloodwork", "report")),
+_SECTIONS = (("results", ("result", "lab", "test", "blood work", "bloodwork", "report",
+                          "cholesterol", "glucose", "a1c", "x-ray", "scan", "levels")),
              ("prescriptions", ("prescription", "refill", "medication", "medicine", "pill",
                                 "meds", "drug", "pharmacy")),
              ("billing", ("bill", "balance", "owe", "payment", "pay", "invoice", "charge")),
