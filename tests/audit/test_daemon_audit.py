@@ -83,10 +83,12 @@ def test_role_refusals_are_recorded(daemon: RunningDaemon) -> None:
 
 def test_prompts_stay_out_of_the_log(daemon: RunningDaemon) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "SECRET-PROMPT-42"}]}
-    with pytest.raises(ApiError, match="no such route"):
-        daemon.client.post("/v1/no-such-route", body)
+    # an unknown model: the handler reads the body, then refuses it
+    with pytest.raises(ApiError) as refused:
+        daemon.client.post("/v1/chat/completions", body)
+    assert refused.value.status == 404
     records = exported(daemon.state_dir, "--kind", "api.request")
-    mine = [e for e in records if e["data"]["route"] is None and e["data"].get("model")]
+    mine = [e for e in records if e["data"].get("model") == "tiny"]
     assert mine and mine[-1]["data"]["model"] == "tiny" and mine[-1]["data"]["status"] == 404
     assert "SECRET-PROMPT-42" not in json.dumps(records)
     for _, segment in list_segments(daemon.state_dir / "audit"):
@@ -168,8 +170,8 @@ def test_prompts_are_recorded_when_configured(short_tmp: Path) -> None:
     state = short_tmp / "st"
     config = deep_merge(base_config(state), {"audit": {"log_prompts": True}})
     messages = [{"role": "user", "content": "PROMPT-OK-7"}]
-    with running(config, state) as d, pytest.raises(ApiError, match="no such route"):
-        d.client.post("/v1/elsewhere", {"model": "tiny", "messages": messages})
+    with running(config, state) as d, pytest.raises(ApiError, match="tiny"):
+        d.client.post("/v1/chat/completions", {"model": "tiny", "messages": messages})
     records = [e for e in exported(state, "--kind", "api.request") if e["data"]["status"] == 404]
     assert records[-1]["data"]["prompt_messages"] == messages
     for _, segment in list_segments(state / "audit"):
