@@ -521,6 +521,7 @@ class ModelManager:
         for slot in self._slots.values():
             if slot.idle_timer is not None:
                 self._arm_idle(slot, slot.last_used + timeout - now)
+        self._bump()  # /admin/ps shows the profile: wake its long-pollers
         log.info("power profile %s: idle unload after %.0fs", profile, timeout)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
