@@ -36,7 +36,8 @@ SPECIALTY_WORDS = {
                    "son", "daughter"),
     "cardiology": ("cardio", "cardiologist", "heart"),
     "dermatology": ("dermatologist", "skin", "rash", "mole", "acne"),
-    "orthopedics": ("orthopedic", "orthopaedic", "bone", "knee", "joint", "fracture"),
+    "orthopedics": ("orthopedic", "orthopaedic", "orthopedist", "bone", "knee", "joint",
+                    "fracture"),
     "dentistry": ("dentist", "dental", "tooth", "teeth", "cleaning"),
     "women's health": ("gynecologist", "gynaecologist", "women", "pap", "obgyn", "prenatal"),
     "mental health": ("therapist", "therapy", "psychiatrist", "counselling", "counseling",
@@ -385,7 +386,8 @@ _SECTIONS = (("results", ("result", "lab", "test", "blood work", "bloodwork", "r
                           "cholesterol", "glucose", "a1c", "x-ray", "scan", "levels")),
              ("prescriptions", ("prescription", "refill", "medication", "medicine", "pill",
                                 "meds", "drug", "pharmacy")),
-             ("billing", ("bill", "balance", "owe", "payment", "pay", "invoice", "charge")),
+             ("billing", ("bill", "balance", "owe", "payment", "pay", "invoice", "charge",
+                          "amount due", "account")),
              ("appointments", ("appointment", "visit", "booking", "scheduled", "upcoming")))
 
 
@@ -399,6 +401,8 @@ def _section_of(text: str) -> str | None:
 
 _REASONS = (("urgent", ("chest pain", "emergency", "urgent", "can't breathe", "bleeding",
                         "breathing", "faint", "severe", "suicid", "overdose", "stroke",
+                        "collapsed", "not responding", "isn't responding", "unresponsive",
+                        "seizure", "ambulance",
                         "right now", "immediately", "allergic reaction", "unconscious")),
             ("billing", ("bill", "insurance", "charge", "payment", "invoice", "refund",
                          "copay")),

@@ -341,11 +341,12 @@ def _residual(text: str) -> str | None:
 
 
 _TOPICS = (("repair", ("repair", "broken", "fix", "cracked", "screen", "warranty", "damaged")),
-           ("return", ("return", "refund", "exchange", "money back")),
+           ("return", ("return", "refund", "exchange", "money back", "send back", "take back",
+                       "send it back")),
            ("order", ("order", "pickup", "pick up", "delivery", "reserve", "collect")),
            ("complaint", ("complain", "complaint", "rude", "unhappy", "terrible")),
-           ("staff", ("staff", "person", "human", "employee", "someone", "assistant",
-                      "manager", "talk to")))
+           ("staff", ("staff", "person", "human", "employee", "someone", "somebody", "anyone",
+                      "assistant", "manager", "talk to")))
 
 
 def _ticket_topic(text: str) -> str:

@@ -55,7 +55,7 @@ def quantity(text: str) -> int | None:
     low = text.lower()
     for m in re.finditer(r"(?<![$.\d])\b(\d{1,3})\b(?![.:,]\d)", low):
         after = low[m.end():m.end() + 6].lstrip()
-        if not re.match(r"(?:gb|tb|mm|in\b|inch|am\b|pm\b|%|w\b|m\b|th\b|st\b|nd\b|rd\b)",
+        if not re.match(r"(?:gb|tb|mm|inch|am\b|pm\b|%|w\b|m\b|th\b|st\b|nd\b|rd\b)",
                         after):
             return int(m.group(1))
     times = re.search(r"\bx\s?(\d{1,3})\b", low)
