@@ -125,13 +125,21 @@ class LoadedLlama:
         grammar = self._grammars.get(gbnf)
         if grammar is None:
             from llama_cpp.llama_grammar import LlamaGrammar
-            try:
-                grammar = LlamaGrammar.from_string(gbnf, verbose=False)
-            except ValueError as e:
-                raise BadRequest(f"grammar: not a valid GBNF grammar: {e}",
-                                 code="invalid_grammar") from None
+            self._check_grammar(gbnf)
+            grammar = LlamaGrammar.from_string(gbnf, verbose=False)
             self._grammars[gbnf] = grammar
         return grammar
+
+    def _check_grammar(self, gbnf: str) -> None:
+        """llama-cpp-python hands a grammar that does not parse to the sampler chain as a
+        NULL pointer, and the process segfaults; parse it here first."""
+        import llama_cpp
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self._llm._model.vocab, gbnf.encode(), b"root")
+        if not sampler:
+            raise BadRequest("grammar: not a valid GBNF grammar (llama.cpp could not parse "
+                             "it; the daemon log has its message)", code="invalid_grammar")
+        llama_cpp.llama_sampler_free(sampler)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self._emb is None:

@@ -1,0 +1,73 @@
+"""The llama.cpp backend and the GGUF header reader, in process, on the bundled model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edged.errors import BadRequest, IntegrityError
+from edged.models.chat_format import FORMATS
+from edged.models.config import ModelSpec
+from edged.models.contract import GenerateParams
+from edged.models.gguf_meta import context_bytes, kv_cache_bytes, read_gguf
+from edged.models.llama_backend import LlamaBackend, LoadedLlama
+
+MiB = 1024 * 1024
+
+
+def spec(path: Path) -> ModelSpec:
+    return ModelSpec(alias="g", format="gguf", path=path, package=None, sha256=None,
+                     context=512, threads=1, chat_format="gemma-base", variants=(),
+                     embedding=False, kind="chat")
+
+
+@pytest.fixture(scope="module")
+def model(bundled_model_path: Path) -> Iterator[LoadedLlama]:
+    loaded = LlamaBackend().load(spec(bundled_model_path), bundled_model_path, 1)
+    yield loaded
+    loaded.close()
+
+
+def test_header_without_loading(bundled_model_path: Path) -> None:
+    info = read_gguf(bundled_model_path)
+    assert (info.architecture, info.n_layer, info.n_vocab) == ("gemma3", 18, 262144)
+    assert 230 * MiB < info.weights_bytes < info.file_bytes == 253113024
+    # K and V, 1 KV head of 256 each, 18 layers, f16
+    assert kv_cache_bytes(info, 2048) == 2048 * 18 * 512 * 2
+    assert context_bytes(info, 8192) > context_bytes(info, 2048)
+
+
+def test_truncated_header_is_an_integrity_error(tmp_path: Path,
+                                                bundled_model_path: Path) -> None:
+    with bundled_model_path.open("rb") as f:
+        (tmp_path / "t.gguf").write_bytes(f.read(100_000))
+    with pytest.raises(IntegrityError, match="truncated"):
+        read_gguf(tmp_path / "t.gguf")
+
+
+def test_an_invalid_grammar_is_refused_not_a_crash(model: LoadedLlama) -> None:
+    with pytest.raises(BadRequest, match="not a valid GBNF grammar"):
+        model.generate("Hi", GenerateParams(max_tokens=2, grammar="root ::= nothing"), None)
+    ok = model.generate("Hi", GenerateParams(max_tokens=4, grammar='root ::= "yes" | "no"'),
+                        None)
+    assert ok.text in ("yes", "no")
+
+
+def test_on_token_false_stops_generation(model: LoadedLlama) -> None:
+    seen: list[str] = []
+    gen = model.generate("1, 2, 3, 4, 5,", GenerateParams(max_tokens=50, temperature=0),
+                         lambda piece: seen.append(piece) is None and len(seen) < 3)
+    assert gen.finish_reason == "cancelled" and len(seen) == 3
+
+
+def test_prompt_longer_than_the_context_is_a_400(model: LoadedLlama) -> None:
+    with pytest.raises(BadRequest, match="context of 512"):
+        model.generate("word " * 600, GenerateParams(max_tokens=2), None)
+
+
+def test_gemma_base_transcript() -> None:
+    prompt = FORMATS["gemma-base"].render([
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert prompt == "Be brief.\nUser: Hi\nAssistant:"
