@@ -221,5 +221,8 @@ def bundled_model() -> Path:
 
 
 def bundled_alias(**overrides: Any) -> dict[str, Any]:
-    """A `[models.X]` table serving the bundled model from MODEL_CACHE."""
-    return {"package": BUNDLED_PACKAGE, "context": 512, "embedding": False, **overrides}
+    """A `[models.X]` table serving the bundled model from MODEL_CACHE. One thread: test
+    daemons share two cores, and llama.cpp threads that spin on a barrier while another
+    process holds the core make every test slow."""
+    return {"package": BUNDLED_PACKAGE, "context": 512, "embedding": False, "threads": 1,
+            **overrides}

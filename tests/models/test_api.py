@@ -29,12 +29,12 @@ from tests.edgedtest import (
 INVENTORY = {"type": "function", "function": {
     "name": "check_inventory", "description": "Check how many units of a product a store has",
     "parameters": {"type": "object", "properties": {
-        "sku": {"type": "string"}, "store": {"type": "integer"}},
+        "sku": {"type": "string", "maxLength": 12}, "store": {"type": "integer"}},
         "required": ["sku", "store"]}}}
 QUOTE = {"type": "function", "function": {
     "name": "create_price_quote", "description": "Quote a price for a quantity of a product",
     "parameters": {"type": "object", "properties": {
-        "sku": {"type": "string"}, "quantity": {"type": "integer"}},
+        "sku": {"type": "string", "maxLength": 12}, "quantity": {"type": "integer"}},
         "required": ["sku", "quantity"]}}}
 
 

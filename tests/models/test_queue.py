@@ -27,7 +27,7 @@ from tests.edgedtest import (
 
 # A base model keeps counting until it runs out of tokens.
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
-LONG = 120
+LONG = 64
 
 
 @pytest.fixture(scope="module")
