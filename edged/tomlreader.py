@@ -102,7 +102,8 @@ class Table:
 
     def _get(self, name: _Str, default: object) -> object:
         self._seen.add(name)
-        if name in self._data:
+        # JSON null means "not given" (OpenAI clients send explicit nulls); TOML has no null.
+        if self._data.get(name) is not None:
             return self._data[name]
         if default is _MISSING:
             raise self._error(f"{self.key(name)}: required key is missing")

@@ -33,3 +33,11 @@ def test_deep_nesting_is_a_400_on_the_real_daemon(
     assert "nested too deeply" in body["error"]["message"]
     status, _ = curl(daemon, "/health")
     assert status == 200
+
+
+async def test_null_means_not_given(served: Served) -> None:
+    status, body, _ = await served.call("POST", "/v1/echo", json={"text": "ab", "times": None})
+    assert (status, body) == (200, {"echo": "ab"})
+    status, body, _ = await served.call("POST", "/v1/echo", json={"text": None})
+    assert status == 400
+    assert body["error"]["message"] == "text: required key is missing"
