@@ -596,8 +596,11 @@ class ModelManager:
         return self._power.profile if self._power is not None else "ac"
 
     def _threads(self, spec: ModelSpec) -> int:
+        # Default as llama-cpp-python's: half the cores, which leaves one for the event loop
+        # and the socket on a two-core box (spinning llama.cpp threads that lose their core
+        # to another thread stall every token).
         profile = self._settings().threads
-        own = spec.threads or _usable_cpus()
+        own = spec.threads or max(1, _usable_cpus() // 2)
         return min(own, profile) if profile else own
 
     def _idle_timeout(self) -> float:
