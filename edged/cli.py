@@ -177,6 +177,14 @@ def _registrars() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
             models_cli.register, agents_cli.register]
 
 
+def _fail(args: argparse.Namespace, err: EdgedError, line: str, code: int) -> int:
+    """One clear line on stderr; with --json also the error envelope on stdout."""
+    if getattr(args, "json", False):
+        print(json.dumps(err.envelope()))
+    print(f"edged: {line}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -186,17 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(args)
     except ConfigError as e:
-        print(f"edged: invalid config: {e.message}", file=sys.stderr)
-        return EX_CONFIG
+        return _fail(args, e, f"invalid config: {e.message}", EX_CONFIG)
     except DaemonUnreachable as e:
-        print(f"edged: {e.message}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return _fail(args, e, e.message, EX_UNAVAILABLE)
     except ApiError as e:
-        print(f"edged: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
-        return 1
+        return _fail(args, e, f"{e.message} ({e.code}, HTTP {e.status})", 1)
     except EdgedError as e:
-        print(f"edged: {e.message}", file=sys.stderr)
-        return 1
+        return _fail(args, e, e.message, 1)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

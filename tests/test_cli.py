@@ -82,6 +82,8 @@ def test_a_dead_socket_file_is_one_clear_line_too(tmp_path: Path) -> None:
     assert result.returncode == EX_UNAVAILABLE
     assert "Connection refused" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    # --json: scripts get the error envelope on stdout as well
+    assert json.loads(result.stdout)["error"]["code"] == "unreachable"
 
 
 def test_version() -> None:
