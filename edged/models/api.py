@@ -22,7 +22,7 @@ from edged.api.body import json_object
 from edged.errors import BadRequest, EdgedError
 from edged.models import structured
 from edged.models.contract import Generation
-from edged.models.manager import ModelManager, TokenStream
+from edged.models.manager import ModelManager
 from edged.models.requests import (
     ChatRequest,
     dumps,
@@ -30,6 +30,7 @@ from edged.models.requests import (
     parse_completion,
     parse_embedding,
 )
+from edged.models.streams import TokenStream
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ own worker thread, queues requests with priorities and deadlines, unloads idle o
 Making room follows DESIGN: evict idle (nothing in flight), unpinned models, least
 recently used first; if that is not enough, wait (up to the request's deadline) for a
 model to go idle, then refuse with 503 saying what was needed and what was free. Loads run
-one at a time, so each load's real cost (PSS delta) can be measured and used instead of
+one at a time, so each load's real cost (RSS delta) can be measured and used instead of
 the estimate next time. Idle unloads run on timers, never on a polling loop.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from prometheus_client import CollectorRegistry
 
 from edged.audit.sink import AuditSink
@@ -30,9 +31,10 @@ from edged.models.budget import Ledger, mib
 from edged.models.catalog import Catalog
 from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
 from edged.models.contract import GenerateParams, Generation
-from edged.models.memory import budget_bytes, process_memory, read_memory_facts, trim_heap
+from edged.models.memory import budget_bytes, read_memory_facts, trim_heap
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
+from edged.models.streams import Handoff, TokenStream
 from edged.models.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -59,24 +61,6 @@ class _Slot:
     threads: int = 0
     avg_seconds: float = 1.0  # moving average of a request's run time, for Retry-After
     idle_timer: asyncio.TimerHandle | None = None
-
-
-class TokenStream:
-    """Text pieces as they are generated; ``result`` holds the ``Generation`` once the
-    stream is exhausted. ``aclose()`` stops the generation and frees the worker."""
-
-    def __init__(self, source: Callable[[TokenStream], AsyncGenerator[str, None]]) -> None:
-        self.result: Generation | None = None
-        self._agen = source(self)
-
-    def __aiter__(self) -> TokenStream:
-        return self
-
-    async def __anext__(self) -> str:
-        return await self._agen.__anext__()
-
-    async def aclose(self) -> None:
-        await self._agen.aclose()
 
 
 class ModelManager:
@@ -231,7 +215,7 @@ class ModelManager:
     async def _pieces(self, alias: str, prompt: Prompt, params: GenerateParams,
                       out: TokenStream) -> AsyncGenerator[str, None]:
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        sink = _Handoff(asyncio.get_running_loop(), pieces.put_nowait)
+        sink = Handoff(asyncio.get_running_loop(), pieces.put_nowait)
         async with self._use(alias, params) as (slot, deadline):
             assert slot.worker is not None
             cancel = threading.Event()
@@ -342,22 +326,39 @@ class ModelManager:
             await self._load(slot, deadline)
 
     async def _load(self, slot: _Slot, deadline: float) -> None:
-        async with self._room:
-            if slot.state != "unloaded":
-                return
-            slot.state = "loading"
-            slot.transition = asyncio.get_running_loop().create_future()
-            try:
-                await self._load_locked(slot, deadline)
-            except BaseException:
-                self._ledger.release(slot.spec.alias)
-                slot.state = "unloaded"
-                raise
-            finally:
-                slot.transition.set_result(None)
-                slot.transition = None
-                self._bump()
-                self._show_budget()
+        await self._enter_room(slot, deadline)
+        try:
+            await self._load_serial(slot, deadline)
+        finally:
+            self._room.release()
+
+    async def _enter_room(self, slot: _Slot, deadline: float) -> None:
+        """Queue behind the load in progress, but only until the request's deadline."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._room.acquire()
+        except TimeoutError:
+            busy = [s.spec.alias for s in self._slots.values() if s.state == "loading"]
+            raise Unavailable(f"model {slot.spec.alias!r} could not start loading before its "
+                              f"deadline: waiting behind the load of {', '.join(busy) or '?'}",
+                              code="over_budget") from None
+
+    async def _load_serial(self, slot: _Slot, deadline: float) -> None:
+        if slot.state != "unloaded":  # another request loaded it while this one queued
+            return
+        slot.state = "loading"
+        slot.transition = asyncio.get_running_loop().create_future()
+        try:
+            await self._load_locked(slot, deadline)
+        except BaseException:
+            self._ledger.release(slot.spec.alias)
+            slot.state = "unloaded"
+            raise
+        finally:
+            slot.transition.set_result(None)
+            slot.transition = None
+            self._bump()
+            self._show_budget()
 
     async def _load_locked(self, slot: _Slot, deadline: float) -> None:
         spec = slot.spec
@@ -368,7 +369,6 @@ class ModelManager:
         own = self._learned.get(spec.alias, own_est)
         slot.estimated = own_est + shared
         await self._make_room(slot, path, own, shared, deadline)
-        newly_mapped = self._ledger.need(path, own, shared) > own
         self._ledger.charge(spec.alias, path, own, shared)
         self._show_budget()
         worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec))
@@ -376,7 +376,7 @@ class ModelManager:
         _model, delta = await worker.start(lambda: _measured_load(backend, spec, path, threads),
                                            _close)
         self._loaded(slot, worker, threads, time.perf_counter() - started)
-        self._learn(slot, delta - (shared if newly_mapped else 0))
+        self._learn(slot, delta - shared)
         await self._audit_event("model.load", {
             "model": spec.alias, "bytes": self._ledger.cost_of(spec.alias),
             "estimated_bytes": slot.estimated, "seconds": round(slot.load_seconds, 3),
@@ -619,32 +619,6 @@ class ModelManager:
             log.exception("could not audit %s", kind)
 
 
-class _Handoff:
-    """Token pieces from a worker thread to the loop. One wake-up of the loop carries every
-    piece produced since the last one, so a busy loop costs the worker no extra wake-ups
-    (each ``call_soon_threadsafe`` writes to the loop's self-pipe)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[str], None]) -> None:
-        self._loop = loop
-        self._deliver = deliver
-        self._lock = threading.Lock()
-        self._buffer: list[str] = []
-
-    def __call__(self, piece: str) -> bool:
-        with self._lock:
-            self._buffer.append(piece)
-            if len(self._buffer) > 1:  # a flush is already scheduled and will take it
-                return True
-        self._loop.call_soon_threadsafe(self._flush)
-        return True
-
-    def _flush(self) -> None:
-        with self._lock:
-            batch, self._buffer = self._buffer, []
-        for piece in batch:
-            self._deliver(piece)
-
-
 def _usable_cpus() -> int:
     import os
     try:
@@ -662,12 +636,16 @@ def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int) -> tu
 
 def _measured_load(backend: Backend, spec: ModelSpec, path: Path, threads: int
                    ) -> tuple[LoadedModel, int]:
-    """Runs on the model's worker thread; loads are serial, so the PSS delta is this load.
-    No trim first (``LoadMeter`` would): every unload already ended with one, and a trim
-    costs tens of milliseconds on the load path."""
-    before = process_memory().pss
+    """Runs on the model's worker thread; loads are serial, so the RSS delta is this load.
+
+    RSS, not PSS: every load maps its file afresh, so its RSS delta is always the weights
+    plus its own bytes, and the own part is the delta minus the (known) weights. PSS would
+    split the weights with every other process mapping the file (a second daemon, a
+    benchmark) and hide them. RSS is also cheap to read (statm, not smaps). No trim first:
+    every unload already ended with one."""
+    before = psutil.Process().memory_info().rss
     model = backend.load(spec, path, threads)
-    return model, process_memory().pss - before
+    return model, psutil.Process().memory_info().rss - before
 
 
 def _close(model: LoadedModel) -> None:
