@@ -64,6 +64,7 @@ class ModelRoutes:
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/v1/completions", self.completions)
         r.add_post("/v1/embeddings", self.embeddings)
+        r.add_post("/v1/classify", self.classify)
         r.add_get("/admin/ps", self.ps)
         r.add_post("/admin/models/{alias}/load", self.load)
         r.add_post("/admin/models/{alias}/unload", self.unload)
@@ -108,6 +109,19 @@ class ModelRoutes:
                  "embedding": _b64(v) if req.base64 else v} for i, v in enumerate(vectors)]
         return web.json_response({"object": "list", "data": data, "model": req.model,
                                   "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+    async def classify(self, request: web.Request) -> web.Response:
+        """edged's own: class scores from a classifier model (ONNX ``kind = "classifier"``)."""
+        req = parse_embedding(await json_object(request))
+        scores, labels = await self._models.classify_labeled(req.model, req.texts)
+        data = []
+        for i, row in enumerate(scores):
+            item: dict[str, Any] = {"index": i, "scores": row}
+            if labels and row:
+                item["label"] = labels[max(range(len(row)), key=row.__getitem__)]
+            data.append(item)
+        return web.json_response({"object": "list", "model": req.model, "labels": list(labels),
+                                  "data": data})
 
     async def ps(self, request: web.Request) -> web.Response:
         """``?generation=N&wait=S`` long-polls until the loaded set changes past N."""

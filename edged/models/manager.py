@@ -107,9 +107,16 @@ class ModelManager:
                                 lambda _cancel: lambda m: m.embed(items))
 
     async def classify(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
+        return (await self.classify_labeled(alias, texts))[0]
+
+    async def classify_labeled(self, alias: str, texts: Sequence[str]
+                               ) -> tuple[list[list[float]], tuple[str, ...]]:
+        """Class scores per text, and the class names when the model has them."""
         items = list(texts)
-        return await self._call(alias, GenerateParams(),
-                                lambda _cancel: lambda m: m.classify(items))
+
+        def run(m: LoadedModel) -> tuple[list[list[float]], tuple[str, ...]]:
+            return m.classify(items), tuple(getattr(m, "labels", ()) or ())
+        return await self._call(alias, GenerateParams(), lambda _cancel: run)
 
     async def generate(self, alias: str, prompt: Prompt, params: GenerateParams) -> Generation:
         """A string prompt is raw completion; a list of messages gets the chat format."""
