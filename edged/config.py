@@ -33,6 +33,7 @@ class DaemonConfig:
     keys_dir: Path
     admin_groups: tuple[str, ...]
     client_groups: tuple[str, ...]
+    owner_is_admin: bool  # the daemon's own uid gets admin (a dev box), not just client
     max_body_bytes: int
     grace_period: float
     device_id: str
@@ -78,6 +79,7 @@ def _parse_daemon(t: Table, overrides: Overrides) -> DaemonConfig:
         keys_dir=Path(t.path("keys_dir", None) or state_dir / "keys"),
         admin_groups=t.str_list("admin_groups", ("edged-admin",)),
         client_groups=t.str_list("client_groups", ("edged",)),
+        owner_is_admin=t.bool("owner_is_admin", False),
         max_body_bytes=t.size("max_body", 1024 * 1024),
         grace_period=t.duration("grace_period", 20.0),
         device_id=t.str("device_id", os.uname().nodename),

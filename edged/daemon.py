@@ -166,7 +166,8 @@ class Daemon:
                 wiring = await self._build(stack, store)
                 wiring.routes.insert(0, SystemRoutes(self.metrics, wiring.health))
                 server.app = build_app(
-                    resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups),
+                    resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups,
+                                          owner_is_admin=cfg.daemon.owner_is_admin),
                     metrics=self.metrics, max_body=cfg.daemon.max_body_bytes, state=state,
                     providers=wiring.routes, on_request=wiring.on_request)
                 await self._run(server, wiring)

@@ -57,10 +57,14 @@ def group_names(uid: int, gid: int) -> frozenset[str]:
 
 class RoleResolver:
     """admin: root or a member of an admin group; client: a member of a client group or the
-    daemon's own uid; anyone else: no role (DESIGN.md, "Local API")."""
+    daemon's own uid; anyone else: no role (DESIGN.md, "Local API"). With ``owner_is_admin``
+    (the dev config) the daemon's own uid is an admin: on a developer's box the person who
+    started the daemon owns its keys and state anyway."""
 
     def __init__(self, admin_groups: tuple[str, ...], client_groups: tuple[str, ...],
-                 cache_seconds: float = GROUP_CACHE_SECONDS) -> None:
+                 cache_seconds: float = GROUP_CACHE_SECONDS, *,
+                 owner_is_admin: bool = False) -> None:
+        self._owner_is_admin = owner_is_admin
         self._admin = frozenset(admin_groups)
         self._client = frozenset(client_groups)
         self._own_uid = os.getuid()
@@ -82,7 +86,7 @@ class RoleResolver:
 
     def resolve(self, pid: int, uid: int, gid: int) -> Peer:
         groups = self._group_names(uid, gid)
-        if uid == 0 or groups & self._admin:
+        if uid == 0 or groups & self._admin or (self._owner_is_admin and uid == self._own_uid):
             role = Role.ADMIN
         elif uid == self._own_uid or groups & self._client:
             role = Role.CLIENT

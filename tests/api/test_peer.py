@@ -52,3 +52,29 @@ def test_health_names_the_callers_role(daemon: RunningDaemon) -> None:
     assert curl(daemon, "/health", user=CLIENT_USER)[1]["peer"]["role"] == "client"
     assert curl(daemon, "/health", user=NO_ROLE_USER)[1]["peer"]["role"] == "none"
     assert curl(daemon, "/health")[1]["peer"]["role"] == "admin"  # root
+
+
+
+
+def _role_of_own_uid_as_nobody(owner_is_admin: bool) -> str:
+    """Fork, become nobody, and ask a resolver about the (now) own uid."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            r = RoleResolver((), (), owner_is_admin=owner_is_admin)
+            os.write(write_end, r.resolve(1, os.getuid(), os.getgid()).role.name.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as f:
+        return f.read()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+@pytest.mark.parametrize(("flag", "role"), [(False, "CLIENT"), (True, "ADMIN")])
+def test_the_owner_is_an_admin_only_when_configured(flag: bool, role: str) -> None:
+    assert _role_of_own_uid_as_nobody(flag) == role
