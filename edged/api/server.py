@@ -35,7 +35,8 @@ def inherited_socket() -> socket.socket | None:
     """The first socket passed by systemd socket activation, if any."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return None
-    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+    count = os.environ.get("LISTEN_FDS", "")
+    if not count.isdigit() or int(count) < 1:
         return None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
