@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EMBED_CTX = 512
 EMBED_BATCH = 128
+HEAP_ROWS = 100  # the heap levels off near 100 vocabulary-sized float rows (see below)
 
 
 class LlamaBackend:
@@ -49,9 +50,15 @@ class LlamaBackend:
                 self._infos[key] = cached
         return cached
 
-    def shared_bytes(self, path: Path) -> int:
-        """The mmapped weights: paid once per file however many contexts map it."""
-        return self.info(path).weights_bytes
+    def shared_costs(self, path: Path) -> dict[str, int]:
+        """The mmapped weights, paid once per file however many contexts map it; and
+        llama.cpp's process-wide heap, paid once whatever is loaded. That heap grows by a
+        few vocabulary-sized sampling buffers per request until it levels off (measured
+        with Gemma's 262k vocabulary: +3 MiB a request, flat at +90-100 MiB after ~35
+        requests, not returned by malloc_trim), so budget for where it levels off."""
+        info = self.info(path)
+        return {f"file:{path}": info.weights_bytes,
+                "runtime:llama.cpp": info.n_vocab * 4 * HEAP_ROWS}
 
     def estimate(self, spec: ModelSpec, path: Path, threads: int) -> int:
         """Bytes this alias adds on top of its file's (shared) weights."""

@@ -27,7 +27,7 @@ from edged.audit.sink import AuditSink
 from edged.config import Config
 from edged.errors import BadRequest, Conflict, QueueFull, Unavailable
 from edged.models.backend import Backend, LoadedModel, TokenSink
-from edged.models.budget import Ledger, mib
+from edged.models.budget import Ledger, Shared, mib
 from edged.models.catalog import Catalog
 from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
 from edged.models.contract import GenerateParams, Generation
@@ -374,16 +374,17 @@ class ModelManager:
         threads = self._threads(spec)
         own_est, shared = await asyncio.to_thread(_estimate, backend, spec, path, threads)
         own = self._learned.get(spec.alias, own_est)
-        slot.estimated = own_est + shared
-        await self._make_room(slot, path, own, shared, deadline)
-        self._ledger.charge(spec.alias, path, own, shared)
+        slot.estimated = own_est + sum(shared.values())
+        await self._make_room(slot, own, shared, deadline)
+        self._ledger.charge(spec.alias, own, shared)
         self._show_budget()
         worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec))
         started = time.perf_counter()
         _model, delta = await worker.start(lambda: _measured_load(backend, spec, path, threads),
                                            _close)
         self._loaded(slot, worker, threads, time.perf_counter() - started)
-        self._learn(slot, delta - shared)
+        # The load mapped its file afresh (in its RSS delta); runtime heaps grow later.
+        self._learn(slot, delta - sum(v for k, v in shared.items() if k.startswith("file:")))
         await self._audit_event("model.load", {
             "model": spec.alias, "bytes": self._ledger.cost_of(spec.alias),
             "estimated_bytes": slot.estimated, "seconds": round(slot.load_seconds, 3),
@@ -413,16 +414,17 @@ class ModelManager:
                         "the next eviction", alias, mib(measured_own), mib(-self._ledger.free()))
         self._show_budget()
 
-    async def _make_room(self, slot: _Slot, path: Path, own: int, shared: int,
+    async def _make_room(self, slot: _Slot, own: int, shared: Shared,
                          deadline: float) -> None:
-        if own + shared > self._ledger.total:
-            await self._refuse(slot, own + shared, "model_too_large",
-                               f"model {slot.spec.alias!r} needs {mib(own + shared)}, more "
+        whole = own + sum(shared.values())
+        if whole > self._ledger.total:
+            await self._refuse(slot, whole, "model_too_large",
+                               f"model {slot.spec.alias!r} needs {mib(whole)}, more "
                                f"than the whole budget of {mib(self._ledger.total)} "
                                "(budget.memory)")
         loop = asyncio.get_running_loop()
         while True:
-            need = self._ledger.need(path, own, shared)
+            need = self._ledger.need(own, shared)
             if need <= self._ledger.free() and self._count_allows(slot):
                 return
             victim = self._lru_victim(slot)
@@ -573,7 +575,7 @@ class ModelManager:
         except Exception as e:  # a bad file shows as "no estimate" here, and fails its load
             log.debug("no estimate for %s: %s", spec.alias, e)
             return None
-        return own + shared
+        return own + sum(shared.values())
 
     def _budget_view(self) -> dict[str, Any]:
         return {"budget_bytes": self._ledger.total, "used_bytes": self._ledger.used(),
@@ -634,10 +636,12 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int) -> tuple[int, int]:
-    """Blocking: (own bytes, shared weights bytes) of a load."""
-    shared_of = getattr(backend, "shared_bytes", None)
-    shared = int(shared_of(path)) if shared_of is not None else 0
+def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int
+              ) -> tuple[int, Shared]:
+    """Blocking: (own bytes, shared costs) of a load. A backend without ``shared_costs``
+    (ONNX: no mmapped weights) has none."""
+    shared_of = getattr(backend, "shared_costs", None)
+    shared: Shared = dict(shared_of(path)) if shared_of is not None else {}
     return backend.estimate(spec, path, threads), shared
 
 
