@@ -7,6 +7,7 @@ in a 700 MiB budget two fit (~610 MiB) and three do not (~745 MiB).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from tests.edgedtest import (
     RunningDaemon,
     base_config,
     bundled_alias,
+    cli,
     deep_merge,
     running,
     short_tmpdir,
@@ -125,3 +127,19 @@ def test_a_model_larger_than_the_whole_budget_fails_at_once(daemon: RunningDaemo
     assert e.value.status == 503 and e.value.code == "model_too_large"
     assert "more than the whole budget of 700 MiB" in e.value.message
     assert loaded(daemon) == ["a"]  # nothing was evicted for a hopeless load
+
+
+def test_loads_evictions_and_refusals_are_audited(daemon: RunningDaemon) -> None:
+    daemon.client.post("/admin/models/a/load", {"pin": True})
+    daemon.client.post("/admin/models/b/load", {"pin": True})
+    with pytest.raises(ApiError):
+        chat(daemon, "huge")
+    out = cli("audit", "export", "--json", "--config", str(daemon.config_path),
+              "--kind", "model.load", "--kind", "model.unload", "--kind", "model.refused",
+              socket_path=daemon.socket)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    kinds = {(e["kind"], e["data"]["model"]) for e in events}
+    assert {("model.load", "a"), ("model.load", "b"), ("model.refused", "huge")} <= kinds
+    refused = next(e for e in events if e["kind"] == "model.refused")
+    assert refused["data"]["reason"] == "model_too_large" and refused["actor"] == "daemon"
