@@ -66,6 +66,11 @@ def evaluate(words_only: bool) -> dict[str, Any]:
                 "route_ms_median": round(statistics.median(score.route_ms), 1),
                 "turn_s_median": round(statistics.median(score.turn_s), 3),
                 "misses": score.misses}
+            held = evalset.run(daemon.client, agent, evalset.load(agent, "holdout"),
+                               evalset.Score())
+            out[agent]["holdout"] = {"requests": held.total,
+                                     "right_tool": round(held.tool_rate(), 3),
+                                     "right_args": round(held.args_rate(), 3)}
         return out
     finally:
         daemon.stop()
@@ -93,6 +98,9 @@ def main() -> int:
               f"right args {r['right_args']:.1%} (target {ARGS_TARGET:.0%})  "
               f"routing median {r['route_ms_median']} ms (target {ROUTE_MS_TARGET:.0f})  "
               f"turn median {r['turn_s_median']} s (target {TURN_S_TARGET})")
+        h = r["holdout"]
+        print(f"        held-out {h['requests']}: right tool {h['right_tool']:.1%}  "
+              f"right args {h['right_args']:.1%}")
         for miss in r["misses"]:
             print(f"    miss: {miss}")
     if "reference_raw_reply_s" in results:

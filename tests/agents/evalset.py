@@ -18,8 +18,10 @@ HERE = Path(__file__).parent
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def load(agent: str) -> list[dict[str, Any]]:
-    data: list[dict[str, Any]] = json.loads((HERE / f"eval_{agent}.json").read_text())
+def load(agent: str, kind: str = "eval") -> list[dict[str, Any]]:
+    """``eval``: the evaluation set; ``holdout``: 30 more requests written after the routing
+    was tuned, to see how far that tuning generalises."""
+    data: list[dict[str, Any]] = json.loads((HERE / f"{kind}_{agent}.json").read_text())
     return data
 
 
