@@ -141,5 +141,6 @@ def test_loads_evictions_and_refusals_are_audited(daemon: RunningDaemon) -> None
     events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     kinds = {(e["kind"], e["data"]["model"]) for e in events}
     assert {("model.load", "a"), ("model.load", "b"), ("model.refused", "huge")} <= kinds
-    refused = next(e for e in events if e["kind"] == "model.refused")
+    refused = next(e for e in events
+                   if e["kind"] == "model.refused" and e["data"]["model"] == "huge")
     assert refused["data"]["reason"] == "model_too_large" and refused["actor"] == "daemon"
