@@ -60,6 +60,11 @@ class LlamaBackend:
         return {f"file:{path}": info.weights_bytes,
                 "runtime:llama.cpp": info.n_vocab * 4 * HEAP_ROWS}
 
+    def mappings(self, spec: ModelSpec) -> int:
+        """How often a load maps its file (each context opens it), i.e. how many times its
+        RSS delta holds the weights."""
+        return 2 if spec.embedding else 1
+
     def estimate(self, spec: ModelSpec, path: Path, threads: int) -> int:
         """Bytes this alias adds on top of its file's (shared) weights."""
         info = self.info(path)

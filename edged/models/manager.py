@@ -384,7 +384,8 @@ class ModelManager:
                                            _close)
         self._loaded(slot, worker, threads, time.perf_counter() - started)
         # The load mapped its file afresh (in its RSS delta); runtime heaps grow later.
-        self._learn(slot, delta - sum(v for k, v in shared.items() if k.startswith("file:")))
+        mapped = sum(v for k, v in shared.items() if k.startswith("file:"))
+        self._learn(slot, delta - mapped * _mappings(backend, spec))
         await self._audit_event("model.load", {
             "model": spec.alias, "bytes": self._ledger.cost_of(spec.alias),
             "estimated_bytes": slot.estimated, "seconds": round(slot.load_seconds, 3),
@@ -643,6 +644,11 @@ def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int
     shared_of = getattr(backend, "shared_costs", None)
     shared: Shared = dict(shared_of(path)) if shared_of is not None else {}
     return backend.estimate(spec, path, threads), shared
+
+
+def _mappings(backend: Backend, spec: ModelSpec) -> int:
+    count = getattr(backend, "mappings", None)
+    return int(count(spec)) if count is not None else 1
 
 
 def _measured_load(backend: Backend, spec: ModelSpec, path: Path, threads: int
