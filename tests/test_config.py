@@ -108,3 +108,15 @@ def test_serve_exits_78_naming_the_key(tmp_path: Path, text: str, key: str) -> N
     assert key in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, "one line, no traceback"
     assert not (tmp_path / "st").exists(), "nothing may be touched before the config is valid"
+
+
+def test_a_copied_config_whose_data_is_unreachable_fails_before_any_state(
+        tmp_path: Path) -> None:
+    # The dev config copied elsewhere: its relative agent data paths no longer resolve.
+    copy = tmp_path / "cfg" / "edged.toml"
+    copy.parent.mkdir()
+    copy.write_text((REPO / "config" / "edged.toml").read_text())
+    result = cli("serve", "--config", str(copy))
+    assert result.returncode == EX_CONFIG
+    assert "agents.data_dir" in result.stderr and "is not a folder" in result.stderr
+    assert not (tmp_path / "var").exists()  # no database, no keys made in a surprise place

@@ -94,6 +94,8 @@ def _parse_agent(name: str, t: Table) -> AgentSpec:
         portal_key=t.path("portal_key", None),
     )
     t.done()
+    if spec.examples_file is not None and not spec.examples_file.is_file():
+        raise ConfigError(f"{t.key('examples_file')}: {spec.examples_file} is not a file")
     return spec
 
 
@@ -102,6 +104,10 @@ _TOP_KEYS = ("data_dir", "session_ttl", "session_key")
 
 def parse_agents(t: Table) -> AgentsConfig:
     data_dir = t.path("data_dir", None)
+    # Checked here, before the daemon creates any state: a copied config whose relative
+    # paths no longer reach the seed data must fail before a database or keys appear.
+    if data_dir is not None and not data_dir.is_dir():
+        raise ConfigError(f"{t.key('data_dir')}: {data_dir} is not a folder")
     ttl = t.duration("session_ttl", 3600.0)
     session_key = t.path("session_key", None)
     agents = {}
