@@ -44,7 +44,7 @@ class ReplyWriter:
                         e.message)
             return facts, "template"
         candidate = gen.text.strip()
-        if acceptable(candidate, facts):
+        if gen.finish_reason == "stop" and acceptable(candidate, facts):
             return candidate, "model"
         log.debug("agent %s: model reply %r not used", spec.name, candidate[:200])
         return facts, "template"
@@ -56,6 +56,8 @@ def _prompt(spec: AgentSpec, text: str, facts: str) -> str:
 
 
 _IDS = re.compile(r"\b[A-Z]-[A-Z0-9]{6,}\b")
+_CUSTOMER_VOICE = re.compile(r"\s*(?:i am|i'm|i want|i need|i would|i'd|please|can you|"
+                             r"do you|customer:)", re.I)
 _NEGATIVE = re.compile(r"\b(?:not|no|don't|out of stock|can't|couldn't|sorry|isn't)\b", re.I)
 
 
@@ -71,6 +73,10 @@ def acceptable(reply: str, facts: str) -> bool:
         return False
     if bool(_NEGATIVE.search(facts)) != bool(_NEGATIVE.search(reply)):
         return False
+    if fact_numbers and not set(_NUM.findall(reply.replace(",", ""))):
+        return False  # the facts' numbers (stock, prices, times) are the point of the answer
+    if _CUSTOMER_VOICE.match(reply):
+        return False  # a base model often carries on as the customer
     words = {w for w in re.findall(r"[a-z]+", reply.lower()) if w not in _STOP}
     fact_words = {w for w in re.findall(r"[a-z]+", facts.lower()) if w not in _STOP}
     return len(words & fact_words) >= 2

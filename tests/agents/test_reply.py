@@ -11,11 +11,13 @@ FACTS = "Yes, we have the Pixel 9 in stock here: Google Pixel 9 128GB Obsidian (
 
 
 @pytest.mark.parametrize(("reply", "ok"), [
-    ("Yes, we have the Pixel 9 in stock.", True),
+    ("Yes, we have the Pixel 9 in stock.", True),  # "9" is one of the facts' numbers
     ("Yes! The Pixel 9 is $798.99 and we have 3 left.", True),
     ("Yes, the Pixel 9 is $699.", False),  # an invented price
     ("Sorry, the Pixel 9 is not in stock.", False),  # the opposite of the facts
     ("I like turtles very much.", False),  # off topic
+    ("I am a customer of the Pixel 9 store, 3 of them.", False),  # speaks as the customer
+    ("We have the Obsidian Pixel in stock.", False),  # drops every number of the facts
     ("", False),
 ])
 def test_reply_checks(reply: str, ok: bool) -> None:
