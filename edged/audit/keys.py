@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edged.durable import fsync_dir
 from edged.errors import ConfigError, Conflict, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -134,14 +135,6 @@ def _write_new(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def init_keys(folder: Path) -> list[Path]:
     """Create the audit key and the device key pair; refuse if either exists."""
     existing = [folder / n for n in (AUDIT_KEY, DEVICE_KEY) if (folder / n).exists()]
@@ -156,7 +149,7 @@ def init_keys(folder: Path) -> list[Path]:
         serialization.NoEncryption()))
     _write_new(folder / DEVICE_PUB, device.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return [folder / AUDIT_KEY, folder / DEVICE_KEY, folder / DEVICE_PUB]
 
 
@@ -177,7 +170,7 @@ def rotate_audit_key(folder: Path) -> tuple[int, int]:
     staging.unlink(missing_ok=True)
     _write_new(staging, fresh)
     os.replace(staging, current_path)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return key_id(old), key_id(fresh)
 
 

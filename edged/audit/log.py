@@ -28,7 +28,8 @@ from edged.audit.checkpoints import Checkpoint, CheckpointFile, sign
 from edged.audit.config import AuditConfig
 from edged.audit.frames import MAGIC, frame_hash, seal, segment_name
 from edged.audit.keys import AuditKeys, ensure_keys, kid_text, load_keys
-from edged.audit.recovery import Tail, fsync_dir, recover
+from edged.audit.recovery import Tail, recover
+from edged.durable import fsync_dir
 from edged.errors import BadRequest, EdgedError, Unavailable
 from edged.sync.queue import CHECKPOINT, OutboxQueue
 

@@ -28,6 +28,7 @@ from edged.audit.frames import (
     segment_name,
 )
 from edged.audit.keys import AuditKeys, kid_text
+from edged.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,6 @@ def _new_segment(folder: Path, first_seq: int) -> Path:
         os.close(fd)
     fsync_dir(folder)
     return path
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _cut(path: Path, data: bytes, end: int) -> Path:

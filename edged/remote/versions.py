@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.config import Config
+from edged.durable import fsync_dir
 from edged.errors import ConfigError, InsufficientStorage
 from edged.remote.admission import build_config
 
@@ -79,7 +80,7 @@ class VersionDir:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_durably(self.folder / f"v{version}.bundle", bundle, sync_dir=False)
         _write_durably(self.toml_path(version), text.encode(), sync_dir=False)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def switch(self, pointer: Pointer) -> None:
@@ -118,15 +119,7 @@ def _write_and_rename(path: Path, data: bytes, *, sync_dir: bool) -> None:
         os.close(fd)
     os.replace(tmp, path)
     if sync_dir:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
 
 
 def config_dir(cfg: Config) -> VersionDir:
