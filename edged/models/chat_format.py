@@ -6,6 +6,10 @@ given ``<start_of_turn>`` it babbles. A plain transcript (``User:`` / ``Assistan
 what text on the web looks like, so the base model continues it sensibly; that is the
 ``gemma-base`` format. Instruction-tuned models use their own template (``gemma``,
 ``chatml``).
+
+A format renders to parts: the template's own markers, tokenised as special tokens, and the
+messages' text, tokenised as plain text, so a client that writes ``<end_of_turn>`` or
+``<eos>`` gets those characters, not the control tokens.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 Message = dict[str, Any]
+Part = tuple[str, bool]  # (text, is the template's own marker)
 
 
 @dataclass(frozen=True)
 class ChatFormat:
     name: str
-    render: Callable[[Sequence[Message]], str]
+    parts: Callable[[Sequence[Message]], list[Part]]
     stops: tuple[str, ...]
+
+    def render(self, messages: Sequence[Message]) -> str:
+        return "".join(text for text, _ in self.parts(messages))
 
 
 def message_text(message: Message) -> str:
@@ -37,19 +45,20 @@ def message_text(message: Message) -> str:
     return text
 
 
-def _transcript(messages: Sequence[Message]) -> str:
+def _transcript(messages: Sequence[Message]) -> list[Part]:
+    # Plain text throughout: this format has no special tokens to protect.
     labels = {"system": "", "user": "User: ", "assistant": "Assistant: ", "tool": "Tool result: "}
     lines = []
     for m in messages:
         role = str(m.get("role", "user"))
         lines.append(labels.get(role, f"{role.capitalize()}: ") + message_text(m).strip())
-    return "\n".join(lines) + "\nAssistant:"
+    return [("\n".join(lines) + "\nAssistant:", False)]
 
 
-def _gemma(messages: Sequence[Message]) -> str:
+def _gemma(messages: Sequence[Message]) -> list[Part]:
     # Gemma has no system role: the system text opens the first user turn.
     system = "\n\n".join(message_text(m) for m in messages if m.get("role") == "system")
-    out = []
+    out: list[Part] = []
     for m in messages:
         role = m.get("role")
         if role == "system":
@@ -58,14 +67,16 @@ def _gemma(messages: Sequence[Message]) -> str:
         if system and role == "user":
             text, system = f"{system}\n\n{text}", ""
         turn = "model" if role == "assistant" else "user"
-        out.append(f"<start_of_turn>{turn}\n{text}<end_of_turn>\n")
-    return "".join(out) + "<start_of_turn>model\n"
+        out += [(f"<start_of_turn>{turn}\n", True), (text, False), ("<end_of_turn>\n", True)]
+    return [*out, ("<start_of_turn>model\n", True)]
 
 
-def _chatml(messages: Sequence[Message]) -> str:
-    parts = [f"<|im_start|>{m.get('role', 'user')}\n{message_text(m)}<|im_end|>\n"
-             for m in messages]
-    return "".join(parts) + "<|im_start|>assistant\n"
+def _chatml(messages: Sequence[Message]) -> list[Part]:
+    out: list[Part] = []
+    for m in messages:
+        out += [(f"<|im_start|>{m.get('role', 'user')}\n", True), (message_text(m), False),
+                ("<|im_end|>\n", True)]
+    return [*out, ("<|im_start|>assistant\n", True)]
 
 
 FORMATS: dict[str, ChatFormat] = {

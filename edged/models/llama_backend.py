@@ -19,7 +19,7 @@ from typing import Any
 
 from edged.errors import BadRequest, IntegrityError
 from edged.models.backend import TokenSink
-from edged.models.chat_format import FORMATS
+from edged.models.chat_format import FORMATS, Part
 from edged.models.config import ModelSpec
 from edged.models.contract import GenerateParams, Generation
 from edged.models.gguf_meta import GgufInfo, context_bytes, read_gguf
@@ -105,18 +105,21 @@ class LoadedLlama:
     def generate(self, prompt: str | Sequence[dict[str, Any]], params: GenerateParams,
                  on_token: TokenSink | None) -> Generation:
         stops = list(params.stop)
-        if not isinstance(prompt, str):
-            prompt = self._format.render(prompt)
-            if params.grammar is None:  # a grammar says where the output ends; turn markers
-                stops += [s for s in self._format.stops if s not in stops]  # could be in it
-        n_prompt = len(self._llm.tokenize(prompt.encode(), add_bos=True, special=True))
+        if isinstance(prompt, str):  # raw completion: the client's own prompt, markers and all
+            tokens = self._llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        else:
+            tokens = self._tokens(self._format.parts(prompt))
+            # Also under a grammar: a tool grammar's free-text branch has no end of its own,
+            # and JSON strings may not hold the raw newline the transcript stops start with.
+            stops += [s for s in self._format.stops if s not in stops]
+        n_prompt = len(tokens)
         if n_prompt >= self._spec.context:
             raise BadRequest(f"the prompt is {n_prompt} tokens; model {self._spec.alias!r} has "
                              f"a context of {self._spec.context}", code="context_length_exceeded")
         pieces: list[str] = []
         finish = "length"
         for chunk in self._llm.create_completion(
-                prompt, max_tokens=params.max_tokens, temperature=params.temperature,
+                tokens, max_tokens=params.max_tokens, temperature=params.temperature,
                 top_p=params.top_p, stop=stops or None, seed=params.seed, stream=True,
                 grammar=self._grammar(params.grammar)):
             choice = chunk["choices"][0]
@@ -130,6 +133,14 @@ class LoadedLlama:
                 finish = choice["finish_reason"]
         return Generation(text="".join(pieces), finish_reason=finish, prompt_tokens=n_prompt,
                           completion_tokens=len(pieces))
+
+    def _tokens(self, parts: Sequence[Part]) -> list[int]:
+        """Only the template's markers become special tokens; message text stays text."""
+        tokens: list[int] = self._llm.tokenize(b"", add_bos=True, special=False)
+        for text, marker in parts:
+            if text:
+                tokens += self._llm.tokenize(text.encode(), add_bos=False, special=marker)
+        return tokens
 
     def _grammar(self, gbnf: str | None) -> Any:
         if gbnf is None:

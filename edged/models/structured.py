@@ -38,12 +38,25 @@ def schema_grammar(schema: dict[str, Any], field: str) -> str:
                          code="unsupported_schema") from None
     # This converter lets raw newlines and control characters into strings, which JSON
     # forbids (and a base model happily writes "\nUser: ..." into a string value).
-    return gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR)
+    return _ends_at_root(gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR))
+
+
+def _ends_at_root(gbnf: str) -> str:
+    """Drop the whitespace a root rule allows after its closing brace: once the value is
+    complete the only token left is the end, so generation stops there instead of padding
+    with spaces up to max_tokens."""
+    lines = gbnf.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("root ::=") and line.endswith(" space"):
+            lines[i] = line.removesuffix(" space")
+    return "\n".join(lines) + "\n"
 
 
 def json_object_grammar() -> str:
+    """llama.cpp's JSON grammar, rooted at an object without trailing whitespace."""
     from llama_cpp.llama_grammar import JSON_GBNF
-    return str(JSON_GBNF)
+    root = 'root ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}"'
+    return str(JSON_GBNF).replace("root   ::= object", root, 1)
 
 
 def call_schema(tools: list[Tool]) -> dict[str, Any]:
