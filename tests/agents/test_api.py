@@ -132,6 +132,9 @@ def test_portal_needs_a_valid_token(agents_daemon: RunningDaemon) -> None:
     ok = chat(agents_daemon, "clinic", ask, token=good)
     assert ok["actions"][0]["result"]["authorized"] is True
     assert "HbA1c" in ok["reply"]
+    out = cli("chat", "--token", good, "clinic", "which prescriptions do I have",
+              socket_path=agents_daemon.socket)
+    assert out.returncode == 0 and "Metformin" in out.stdout, out.stderr
 
 
 def test_clinic_session_is_encrypted_and_ticket_is_opaque(agents_daemon: RunningDaemon) -> None:
