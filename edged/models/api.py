@@ -61,6 +61,7 @@ class ModelRoutes:
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         r.add_get("/v1/models", self.list_models)
+        r.add_get("/v1/models/{alias}", self.get_model)
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/v1/completions", self.completions)
         r.add_post("/v1/embeddings", self.embeddings)
@@ -71,6 +72,9 @@ class ModelRoutes:
 
     async def list_models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": await self._models.catalog_view()})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._models.catalog_entry(request.match_info["alias"]))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         req = parse_chat(await json_object(request))
@@ -104,11 +108,16 @@ class ModelRoutes:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = parse_embedding(await json_object(request))
-        vectors = await self._models.embed(req.model, req.texts)
+        vectors, tokens = await self._models.embed_counted(req.model, req.texts)
+        size = len(vectors[0]) if vectors else 0
+        if req.dimensions is not None and req.dimensions != size:
+            # Truncating would only be meaningful for Matryoshka-trained models.
+            raise BadRequest(f"dimensions: model {req.model!r} makes {size}-dimensional "
+                             f"embeddings; other sizes are not supported")
         data = [{"object": "embedding", "index": i,
                  "embedding": _b64(v) if req.base64 else v} for i, v in enumerate(vectors)]
         return web.json_response({"object": "list", "data": data, "model": req.model,
-                                  "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def classify(self, request: web.Request) -> web.Response:
         """edged's own: class scores from a classifier model (ONNX ``kind = "classifier"``)."""

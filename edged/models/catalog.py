@@ -65,9 +65,24 @@ class Catalog:
         return self._cfg.cache_dir / _package_file_name(_import(spec))
 
     def size_bytes(self, spec: ModelSpec) -> int | None:
+        """Blocking: the file's size; a packaged model not assembled yet: its chunks' total."""
         try:
             return self.path_of(spec).stat().st_size
+        except FileNotFoundError:
+            source = self.unassembled_header(spec)
+            return source[1] if source else None
         except (OSError, Unavailable):
+            return None
+
+    def unassembled_header(self, spec: ModelSpec) -> tuple[Path, int] | None:
+        """Blocking: for a packaged model not assembled yet, the chunk its header is in and
+        the size the whole file will have, so it can be described before its first load."""
+        if spec.package is None or self.path_of(spec).exists():
+            return None
+        try:
+            chunks = _chunks(_import(spec))
+            return chunks[0], sum(p.stat().st_size for p in chunks)
+        except (OSError, IndexError, Unavailable):
             return None
 
     async def resolve(self, spec: ModelSpec) -> Path:

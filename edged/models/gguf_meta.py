@@ -86,11 +86,12 @@ class _Cursor:
         return [self.value(etype, True) for _ in range(count)]
 
 
-def read_gguf(path: Path) -> GgufInfo:
+def read_gguf(path: Path, size: int | None = None) -> GgufInfo:
     """Blocking: parse the header and tensor table; raise ``IntegrityError`` if the file is
-    not a GGUF model or is shorter than its tensor table says."""
+    not a GGUF model or is shorter than its tensor table says. ``size``: the whole file's,
+    when ``path`` is only its first chunk."""
     with path.open("rb") as f:
-        size = path.stat().st_size
+        size = path.stat().st_size if size is None else size
         if size < 24:
             raise IntegrityError(f"{path}: not a GGUF model (only {size} bytes)",
                                  code="corrupt_model")

@@ -36,16 +36,32 @@ class LlamaBackend:
 
     def __init__(self) -> None:
         self._infos: dict[tuple[Path, int, int], GgufInfo] = {}
+        self._primed: dict[Path, GgufInfo] = {}
         self._lock = threading.Lock()
 
     def info(self, path: Path) -> GgufInfo:
         """Blocking; cached per (path, size, mtime)."""
-        st = path.stat()
-        key = (path, st.st_size, st.st_mtime_ns)
+        try:
+            return self._read(path, path.stat().st_size)
+        except FileNotFoundError:
+            with self._lock:
+                primed = self._primed.get(path)
+            if primed is None:
+                raise
+            return primed
+
+    def prime(self, path: Path, header: Path, size: int) -> None:
+        """Blocking: describe ``path`` (not assembled yet) from the chunk holding its header."""
+        info = self._read(header, size)
+        with self._lock:
+            self._primed[path] = info
+
+    def _read(self, path: Path, size: int) -> GgufInfo:
+        key = (path, size, path.stat().st_mtime_ns)
         with self._lock:
             cached = self._infos.get(key)
         if cached is None:
-            cached = read_gguf(path)
+            cached = read_gguf(path, size)
             with self._lock:
                 self._infos[key] = cached
         return cached
@@ -170,6 +186,11 @@ class LoadedLlama:
                              f"{self._spec.alias}.embedding = true)", code="no_embeddings")
         vectors = self._emb.embed(list(texts), normalize=True)
         return [list(map(float, v)) for v in vectors]
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the embedding context reads for ``texts`` (as llama-cpp's ``embed`` does)."""
+        ctx = self._emb or self._llm
+        return sum(len(ctx.tokenize(t.encode(), add_bos=True, special=False)) for t in texts)
 
     def classify(self, texts: Sequence[str]) -> list[list[float]]:
         raise BadRequest(f"model {self._spec.alias!r} is a generative model, not a classifier",

@@ -106,6 +106,16 @@ class ModelManager:
         return await self._call(alias, GenerateParams(),
                                 lambda _cancel: lambda m: m.embed(items))
 
+    async def embed_counted(self, alias: str, texts: Sequence[str]
+                            ) -> tuple[list[list[float]], int]:
+        """Vectors and the number of input tokens they took (0 if the model cannot say)."""
+        items = list(texts)
+
+        def run(m: LoadedModel) -> tuple[list[list[float]], int]:
+            count = getattr(m, "count_tokens", None)
+            return m.embed(items), int(count(items)) if count is not None else 0
+        return await self._call(alias, GenerateParams(), lambda _cancel: run)
+
     async def classify(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
         return (await self.classify_labeled(alias, texts))[0]
 
@@ -186,6 +196,9 @@ class ModelManager:
 
     async def catalog_view(self) -> list[dict[str, Any]]:
         return [await self._catalog_item(s) for s in self._slots.values()]
+
+    async def catalog_entry(self, alias: str) -> dict[str, Any]:
+        return await self._catalog_item(self._slot(alias))
 
     def health(self) -> dict[str, Any]:
         loaded = sorted(a for a, s in self._slots.items() if s.state == "loaded")
@@ -571,8 +584,12 @@ class ModelManager:
 
     def _try_estimate(self, spec: ModelSpec) -> int | None:
         try:
-            own, shared = _estimate(self._backend(spec), spec, self._catalog.path_of(spec),
-                                    self._threads(spec))
+            backend, path = self._backend(spec), self._catalog.path_of(spec)
+            source = self._catalog.unassembled_header(spec)
+            prime = getattr(backend, "prime", None)
+            if source is not None and prime is not None:
+                prime(path, *source)
+            own, shared = _estimate(backend, spec, path, self._threads(spec))
         except Exception as e:  # a bad file shows as "no estimate" here, and fails its load
             log.debug("no estimate for %s: %s", spec.alias, e)
             return None

@@ -294,6 +294,13 @@ class OnnxModel:
                              code="unsupported_model_operation")
         return _l2(self._outputs(texts)).tolist()  # type: ignore[no-any-return]
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the graph reads for ``texts``; a hashed-features graph reads words."""
+        if self._tokenizer is None:
+            return sum(len(t.split()) for t in texts)
+        limit = self._io.static_seq or self.spec.context
+        return sum(len(self._tokenizer.encode(t, limit)) for t in texts)
+
     def classify(self, texts: Sequence[str]) -> list[list[float]]:
         if self.spec.kind != "classifier":
             raise BadRequest(f"model {self.spec.alias!r} is not a classifier (kind = "

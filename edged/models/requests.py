@@ -1,7 +1,11 @@
 """OpenAI request bodies -> what the manager needs. Every error is a 400 naming the field.
 
 Unknown fields are ignored rather than refused: OpenAI clients send options edged does not
-implement (``n``, ``user``, ``logprobs``...), and the SDK must work unchanged.
+implement (``user``, ``logprobs``...), and the SDK must work unchanged. Fields whose silent
+dropping would change the answer (``n`` > 1, image parts, an empty stop string) are refused.
+
+There is no ``priority`` field: a /v1 client must not jump ahead of the clinic, so client
+requests always run at normal priority; agents set theirs in-process.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 
 from edged.errors import BadRequest
 from edged.models import structured
-from edged.models.contract import PRIORITY_HIGH, PRIORITY_LOW, GenerateParams
+from edged.models.contract import GenerateParams
 from edged.models.structured import Tool
 from edged.tomlreader import Table
 
@@ -35,14 +39,23 @@ def _stop(t: Table) -> tuple[str, ...]:
     raw = t.raw("stop", None)
     if raw is None:
         return ()
-    if isinstance(raw, str):
-        return (raw,)
-    if isinstance(raw, list) and all(isinstance(s, str) for s in raw) and len(raw) <= 8:
-        return tuple(raw)
-    raise BadRequest("stop: expected a string or a list of up to 8 strings")
+    stops = [raw] if isinstance(raw, str) else raw
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) \
+            or len(stops) > 8:
+        raise BadRequest("stop: expected a string or a list of up to 8 strings")
+    if "" in stops:  # it would match at once and end every answer empty
+        raise BadRequest("stop: an empty string is not a stop sequence")
+    return tuple(stops)
+
+
+def _only_one_choice(t: Table) -> None:
+    n = t.raw("n", None)
+    if n is not None and (n != 1 or isinstance(n, bool)):
+        raise BadRequest(f"n: only 1 is supported, got {n!r}")
 
 
 def params_from(t: Table, default_max: int) -> GenerateParams:
+    _only_one_choice(t)
     max_tokens = t.int("max_completion_tokens", None, min=1, max=1 << 20)
     if max_tokens is None:
         max_tokens = t.int("max_tokens", default_max, min=1, max=1 << 20)
@@ -52,7 +65,6 @@ def params_from(t: Table, default_max: int) -> GenerateParams:
         top_p=t.float("top_p", 0.95, min=0, max=1),
         stop=_stop(t),
         seed=t.int("seed", None),
-        priority=t.int("priority", 5, min=PRIORITY_HIGH, max=PRIORITY_LOW),
     )
 
 
@@ -65,10 +77,28 @@ def _messages(t: Table) -> list[dict[str, Any]]:
             raise BadRequest(f"messages[{i}]: expected an object")
         if m.get("role") not in ROLES:
             raise BadRequest(f"messages[{i}].role: expected one of {', '.join(ROLES)}")
-        content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise BadRequest(f"messages[{i}].content: expected a string or a list of parts")
+        _check_message(m, f"messages[{i}]")
     return [dict(m, role="system" if m["role"] == "developer" else m["role"]) for m in raw]
+
+
+def _check_message(m: dict[str, Any], key: str) -> None:
+    calls = m.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise BadRequest(f"{key}.tool_calls: expected a list of tool calls")
+    content = m.get("content")
+    if content is None:
+        if m["role"] == "assistant" and calls:
+            return
+        raise BadRequest(f"{key}.content: expected a string or a list of text parts "
+                         "(null only on an assistant message with tool_calls)")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise BadRequest(f"{key}.content[{j}]: only text parts "
+                                 '({"type": "text", "text": ...}) are supported')
+    elif not isinstance(content, str):
+        raise BadRequest(f"{key}.content: expected a string or a list of text parts")
 
 
 def _tools(t: Table) -> list[Tool]:
@@ -89,13 +119,28 @@ def _tools(t: Table) -> list[Tool]:
 
 def _tool_mode(t: Table, tools: list[Tool]) -> tuple[str, list[Tool]]:
     choice = t.raw("tool_choice", "auto" if tools else "none")
-    if choice in ("none", "auto", "required"):
+    if choice in ("none", "auto"):
         return (choice if tools else "none"), tools
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    chosen = [tool for tool in tools if tool.name == name]
+    if choice == "required":
+        return "required", _needs_tools(tools, "'required'")
+    if not isinstance(choice, dict):
+        raise BadRequest("tool_choice: expected none, auto, required or "
+                         f'{{"type": "function", "function": {{"name": ...}}}}, got {choice!r}')
+    fn = choice.get("function")
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise BadRequest("tool_choice.function: expected an object with a name, got "
+                         f"{fn!r}")
+    chosen = [tool for tool in _needs_tools(tools, "a function") if tool.name == fn["name"]]
     if not chosen:
-        raise BadRequest(f"tool_choice: {name or choice!r} is not one of the request's tools")
+        raise BadRequest(f"tool_choice.function.name: {fn['name']!r} is not one of the "
+                         "request's tools")
     return "required", chosen
+
+
+def _needs_tools(tools: list[Tool], what: str) -> list[Tool]:
+    if not tools:
+        raise BadRequest(f"tool_choice: {what} needs tools, and the request has none")
+    return tools
 
 
 def _response_grammar(t: Table) -> str | None:
@@ -167,6 +212,7 @@ class EmbeddingRequest:
     model: str
     texts: list[str]
     base64: bool
+    dimensions: int | None = None
 
 
 def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:
@@ -180,7 +226,7 @@ def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:
     if len(texts) > 256:
         raise BadRequest(f"input: {len(texts)} texts; at most 256 per request")
     fmt = t.choice("encoding_format", ("float", "base64"), "float")
-    return EmbeddingRequest(model, texts, fmt == "base64")
+    return EmbeddingRequest(model, texts, fmt == "base64", t.int("dimensions", None, min=1))
 
 
 def dumps(data: Any) -> str:

@@ -15,6 +15,8 @@ import openai
 import pytest
 
 from edged.client import ApiError
+from edged.models.contract import PRIORITY_NORMAL
+from edged.models.requests import parse_chat, parse_completion
 from tests.edgedtest import (
     MODEL_CACHE,
     RunningDaemon,
@@ -151,6 +153,10 @@ def test_unknown_alias_is_404(sdk: openai.OpenAI) -> None:
     assert "nope" in str(e.value) and "known: g" in str(e.value)
 
 
+HI = {"model": "g", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+TOOL_F = {"type": "function", "function": {"name": "f"}}
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"model": "g"}, "messages"),
     ({"model": "g", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
@@ -160,6 +166,26 @@ def test_unknown_alias_is_404(sdk: openai.OpenAI) -> None:
       "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
     ({"model": "g", "messages": [{"role": "user", "content": "x"}],
       "response_format": {"type": "yaml"}}, "response_format.type"),
+    ({**HI, "tools": [TOOL_F], "tool_choice": {"type": "function", "function": "f"}},
+     "tool_choice.function"),
+    ({**HI, "tools": [TOOL_F], "tool_choice": {"type": "function", "function": 5}},
+     "tool_choice.function"),
+    ({**HI, "tools": [TOOL_F], "tool_choice": "sometimes"},
+     "tool_choice: expected none, auto, required"),
+    ({**HI, "tool_choice": "required"}, "tool_choice"),
+    ({**HI, "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({**HI, "stop": ""}, "stop"),
+    ({**HI, "stop": ["\n", ""]}, "stop"),
+    ({**HI, "n": 2}, "n"),
+    ({"model": "g", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+     "messages[0].content[1]"),
+    ({"model": "g", "messages": [{"role": "user", "content": [1, 2]}]}, "messages[0].content[0]"),
+    ({"model": "g", "messages": [{"role": "user", "content": "x"},
+                                 {"role": "assistant", "content": None, "tool_calls": "x"}]},
+     "messages[1].tool_calls"),
+    ({"model": "g", "messages": [{"role": "user", "content": None}]}, "messages[0].content"),
 ])
 def test_bad_fields_are_400_naming_the_field(daemon: RunningDaemon, body: dict[str, Any],
                                              field: str) -> None:
@@ -192,3 +218,65 @@ def test_health_and_metrics_show_models(daemon: RunningDaemon) -> None:
     for family in ("edged_model_load_seconds_count", "edged_model_ttft_seconds_count",
                    "edged_budget_used_bytes", "edged_model_queue_wait_seconds_count"):
         assert f'{family}' in text
+
+
+def test_completions_field_checks(daemon: RunningDaemon) -> None:
+    for body, field in (({"stop": ""}, "stop"), ({"n": 3}, "n")):
+        with pytest.raises(ApiError) as e:
+            daemon.client.post("/v1/completions", {"model": "g", "prompt": "Hi", **body})
+        assert e.value.status == 400 and e.value.message.startswith(field)
+
+
+def test_priority_is_not_client_settable() -> None:
+    # Ignored like any unknown field: requests over /v1 run at normal priority, so a kiosk
+    # client cannot jump ahead of the clinic agent.
+    for body in ({"model": "g", "prompt": "Hi", "priority": 0},
+                 {**HI, "priority": 0}):
+        parse = parse_completion if "prompt" in body else parse_chat
+        assert parse(body).params.priority == PRIORITY_NORMAL
+
+
+def test_an_assistant_tool_call_message_may_have_null_content(daemon: RunningDaemon) -> None:
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}
+    r = daemon.client.post("/v1/chat/completions", {"model": "g", "max_tokens": 1, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}]})
+    assert r["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_models_retrieve(sdk: openai.OpenAI) -> None:
+    model = sdk.models.retrieve("g")
+    assert model.id == "g" and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as e:
+        sdk.models.retrieve("nope")
+    assert e.value.status_code == 404 and "unknown model 'nope'" in str(e.value)
+
+
+def test_embeddings_usage_and_dimensions(daemon: RunningDaemon) -> None:
+    one = daemon.client.post("/v1/embeddings", {"model": "g", "input": "hello"})
+    two = daemon.client.post("/v1/embeddings", {"model": "g", "input": ["hello", "the red fox"]})
+    assert 0 < one["usage"]["prompt_tokens"] < two["usage"]["prompt_tokens"]
+    assert two["usage"]["total_tokens"] == two["usage"]["prompt_tokens"]
+    size = len(one["data"][0]["embedding"])
+    same = daemon.client.post("/v1/embeddings", {"model": "g", "input": "hi", "dimensions": size})
+    assert len(same["data"][0]["embedding"]) == size
+    with pytest.raises(ApiError) as e:
+        daemon.client.post("/v1/embeddings", {"model": "g", "input": "hi", "dimensions": 8})
+    assert e.value.status == 400 and e.value.message.startswith("dimensions")
+
+
+def test_models_list_before_the_package_is_assembled(bundled_model_path: Path) -> None:
+    tmp = short_tmpdir()
+    state = tmp / "st"
+    config = deep_merge(base_config(state), {"models": {
+        "cache_dir": str(tmp / "empty"), "p": bundled_alias()}})
+    try:
+        with running(config, state) as d:
+            item = d.client.get("/v1/models")["data"][0]
+            assert item["size_bytes"] == 253113024
+            assert item["estimated_bytes"] > item["size_bytes"] * 0.9
+            assert not (tmp / "empty").exists()  # described, not assembled
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
