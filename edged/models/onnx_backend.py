@@ -31,15 +31,18 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edged.errors import BadRequest, IntegrityError
 from edged.models.backend import TokenSink
 from edged.models.config import ModelSpec
 from edged.models.contract import GenerateParams, Generation
+
+if TYPE_CHECKING:  # numpy is imported where it is used: an idle daemon never pays for it
+    import numpy as np
+    import numpy.typing as npt
+
+    Floats = npt.NDArray[np.float32]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,6 @@ MiB = 1 << 20
 BASE_ALLOWANCE = 32 * MiB
 ACTIVATION_SHARE = 0.1  # of the weights: activations scale with the hidden size
 BATCH = 16  # texts per run: bounds activation memory (attention is batch x seq^2)
-Floats = npt.NDArray[np.float32]
 
 # TensorProto.DataType -> bytes per element (4-bit types round up; strings use their length).
 _ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8,
@@ -135,6 +137,7 @@ def hashed_features(text: str, dim: int) -> Floats:
     """The hashed-features contract: NFKC, lowercase, words = runs of ``\\w``; features
     ``"w:" + word`` and ``"c:" + trigram`` of ``" " + word + " "``; each adds 1 at
     ``crc32(utf8(feature)) % dim``; the vector is L2-normalised (all zeros stays zeros)."""
+    import numpy as np
     vec = np.zeros(dim, dtype=np.float32)
     for word in re.findall(r"\w+", unicodedata.normalize("NFKC", text).lower()):
         padded = f" {word} "
@@ -242,12 +245,14 @@ def _sidecar(model: Path, name: str) -> Path | None:
 
 
 def _l2(rows: Floats) -> Floats:
+    import numpy as np
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return (rows / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
 def _probabilities(rows: Floats) -> Floats:
     """A graph ending in Softmax already gives probabilities; anything else is logits."""
+    import numpy as np
     if np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
         return rows
     shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
@@ -316,12 +321,14 @@ class OnnxModel:
         self._session = None  # drops the last reference: onnxruntime frees the session
 
     def _outputs(self, texts: Sequence[str]) -> Floats:
+        import numpy as np
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         chunks = [self._run(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)]
         return np.concatenate(chunks)
 
     def _run(self, texts: Sequence[str]) -> Floats:
+        import numpy as np
         if self._session is None:
             raise BadRequest(f"model {self.spec.alias!r} is unloaded", code="unavailable")
         feeds, mask = self._feeds(texts)
@@ -339,6 +346,7 @@ class OnnxModel:
         return out
 
     def _feeds(self, texts: Sequence[str]) -> tuple[dict[str, Any], npt.NDArray[np.int64]]:
+        import numpy as np
         io = self._io
         if io.hashed_dim is not None:
             rows = np.stack([hashed_features(t, io.hashed_dim) for t in texts])

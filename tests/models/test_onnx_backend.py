@@ -262,3 +262,11 @@ def test_daemon_serves_onnx_embeddings(edged: Any, tmp_path: Path) -> None:
         d.client.post("/v1/chat/completions",
                       {"model": "emb", "messages": [{"role": "user", "content": "hi"}]})
     assert err.value.status == 400
+
+
+def test_the_daemon_does_not_import_numpy_at_start() -> None:
+    # numpy costs an idle daemon ~10 MiB of RSS; it is imported when an ONNX model runs.
+    code = "import sys, edged.daemon; print(sorted(m for m in sys.modules if 'numpy' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
