@@ -2,7 +2,9 @@
 
 Streams are Server-Sent Events. Admission, loading and queueing happen before the response
 starts, so a 404, 429 or 503 is an ordinary JSON error; once streaming, a client that goes
-away makes the next write fail, which closes the token stream and frees the worker.
+away makes the next write fail, which closes the token stream and frees the worker. A stream
+still running when shutdown's grace period ends is cancelled; it then ends with an error
+event (``draining``) and ``[DONE]``, so a client knows the answer is incomplete.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from edged.api.body import json_object
-from edged.errors import BadRequest, EdgedError
+from edged.errors import BadRequest, EdgedError, Unavailable
 from edged.models import structured
 from edged.models.contract import Generation
 from edged.models.manager import ModelManager
@@ -35,6 +37,7 @@ from edged.models.streams import TokenStream
 log = logging.getLogger(__name__)
 
 MAX_PS_WAIT = 60.0
+LAST_WORDS = 2.0  # seconds a cancelled stream may take to tell the client it ends
 
 
 def _usage(gen: Generation) -> dict[str, int]:
@@ -57,8 +60,10 @@ def _chat_message(req: ChatRequest, gen: Generation) -> tuple[dict[str, Any], st
 class ModelRoutes:
     def __init__(self, manager: ModelManager) -> None:
         self._models = manager
+        self._streaming: set[asyncio.Task[Any]] = set()
 
     def add_routes(self, app: web.Application) -> None:
+        app.on_shutdown.append(self._cut_streams)
         r = app.router
         r.add_get("/v1/models", self.list_models)
         r.add_get("/v1/models/{alias}", self.get_model)
@@ -81,7 +86,7 @@ class ModelRoutes:
         ident = f"chatcmpl-{secrets.token_hex(12)}"
         if req.stream and req.tool_mode == "none":
             stream = self._models.stream_chat(req.model, req.messages, req.params)
-            return await _sse(request, stream, _ChatChunks(ident, req))
+            return await self._sse(request, stream, _ChatChunks(ident, req))
         gen = await self._models.chat(req.model, req.messages, req.params)
         message, finish = _chat_message(req, gen)
         if req.stream:  # a tool call is streamed whole, as one delta
@@ -97,7 +102,7 @@ class ModelRoutes:
         ident = f"cmpl-{secrets.token_hex(12)}"
         if req.stream:
             stream = self._models.stream(req.model, req.prompt, req.params)
-            return await _sse(request, stream, _CompletionChunks(ident, req.model))
+            return await self._sse(request, stream, _CompletionChunks(ident, req.model))
         gen = await self._models.complete(req.model, req.prompt, req.params)
         return web.json_response({
             "id": ident, "object": "text_completion", "created": int(time.time()),
@@ -105,6 +110,25 @@ class ModelRoutes:
             "choices": [{"index": 0, "text": gen.text, "logprobs": None,
                          "finish_reason": _finish(gen.finish_reason)}],
         })
+
+    async def _sse(self, request: web.Request, stream: TokenStream,
+                   chunks: _ChatChunks | _CompletionChunks) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._streaming.add(task)
+        try:
+            return await _sse(request, stream, chunks)
+        finally:
+            self._streaming.discard(task)
+
+    async def _cut_streams(self, _app: web.Application) -> None:
+        """aiohttp runs this once the grace period is over and before it closes the
+        connections: cancel each running stream now, while it can still say it ends."""
+        tasks = list(self._streaming)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=LAST_WORDS)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = parse_embedding(await json_object(request))
@@ -249,9 +273,23 @@ async def _sse(request: web.Request, stream: TokenStream,
         log.info("%s: client went away mid-stream; generation stopped", request.path)
     except EdgedError as e:  # failed after the stream started: say so in the stream
         await _send(resp, e.envelope())
+    except asyncio.CancelledError:  # shutdown after its grace period (see _cut_streams)
+        await _cut_short(resp)
+        raise
     finally:
         await stream.aclose()
     return resp
+
+
+async def _cut_short(resp: web.StreamResponse) -> None:
+    """End a cancelled stream the way every stream ends, so the client sees an incomplete
+    answer rather than a connection that just stops. Bounded: the client may not read."""
+    error = Unavailable("edged is shutting down; this answer is incomplete", code="draining")
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        async with asyncio.timeout(LAST_WORDS):
+            await _send(resp, error.envelope())
+            await _send(resp, "[DONE]")
+            await resp.write_eof()
 
 
 async def _sse_whole(request: web.Request, chunks: _ChatChunks, message: dict[str, Any],
