@@ -89,6 +89,10 @@ class LlamaBackend:
             extra = context_bytes(info, EMBED_CTX) + info.n_vocab * EMBED_BATCH * 4
         return context_bytes(info, spec.context) + extra
 
+    def warm_up(self) -> None:
+        """Blocking: map the native library (once per process)."""
+        import llama_cpp  # noqa: F401
+
     def load(self, spec: ModelSpec, path: Path, threads: int) -> LoadedLlama:
         info = self.info(path)  # a corrupt header fails here, with a clear message
         import llama_cpp

@@ -303,8 +303,11 @@ class ModelManager:
         self._metrics.queue_depth.labels(slot.spec.alias).set(slot.active)
         try:
             if slot.state != "loaded":
+                started = loop.time()
                 await self._ensure_loaded(slot, deadline)
-                deadline += slot.load_seconds  # the deadline bounds waiting, not the load
+                # The deadline bounds waiting for the worker, not the load: checking the
+                # file's sha256, evicting and loading can outlast it on a busy box.
+                deadline += loop.time() - started
             yield slot, deadline
         finally:
             slot.active -= 1
@@ -676,7 +679,11 @@ def _measured_load(backend: Backend, spec: ModelSpec, path: Path, threads: int
     plus its own bytes, and the own part is the delta minus the (known) weights. PSS would
     split the weights with every other process mapping the file (a second daemon, a
     benchmark) and hide them. RSS is also cheap to read (statm, not smaps). No trim first:
-    every unload already ended with one."""
+    every unload already ended with one. The backend's library is imported first: it is
+    paid once per process, not by the first model that happens to load."""
+    warm_up = getattr(backend, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
     before = psutil.Process().memory_info().rss
     model = backend.load(spec, path, threads)
     return model, psutil.Process().memory_info().rss - before
