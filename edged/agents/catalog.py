@@ -19,7 +19,8 @@ from edged.errors import ConfigError
 from edged.store import Store
 
 CATEGORY_WORDS = {
-    "smartphones": ("phone", "phones", "smartphone", "smartphones", "mobile", "cell", "android"),
+    "smartphones": ("phone", "phones", "smartphone", "smartphones", "mobile", "cell", "android",
+                    "iphone", "iphones"),
     "laptops": ("laptop", "laptops", "notebook", "notebooks", "chromebook", "ultrabook"),
     "tablets": ("tablet", "tablets"),
     "headphones": ("headphones", "headphone", "earbuds", "earphones", "headset", "buds"),
@@ -84,7 +85,9 @@ def _distinctive(tok: str) -> bool:
     """A word that names a product line by itself: "pixel", "s24", not "9" or "black"."""
     has_alpha = any(c.isalpha() for c in tok)
     digits = any(c.isdigit() for c in tok)
-    return has_alpha and tok not in _GENERIC and (not digits or len(tok) >= 3)
+    # One letter never names a line alone: the "s" of "what's" is not the Xbox Series S.
+    return (has_alpha and len(tok) > 1 and tok not in _GENERIC
+            and (not digits or len(tok) >= 3))
 
 
 class Catalog:
@@ -149,11 +152,30 @@ class Catalog:
         return LineMatch(line, 0.5 * recall + 0.5 * precision + bonus, tuple(span))
 
     def category_of(self, text: str) -> str | None:
+        """The category a text names ("laptops"), else the one category of the lines its
+        words point at ("iphone 15" is a smartphone even though we sell no iPhone 15)."""
+        return self.category_named(text) or self._category_by_lines(text)
+
+    def category_named(self, text: str) -> str | None:
         low = words(text)
         for category, names in CATEGORY_WORDS.items():
             if any(n in low for n in names):
                 return category
         return None
+
+    def _category_by_lines(self, text: str) -> str | None:
+        said = {w for w in normalize(text).split() if len(w) > 2 and _distinctive(w)}
+        found = {ln.category for ln in self.lines if said & set(ln.tokens)}
+        return found.pop() if len(found) == 1 else None
+
+    def rivals(self, match: LineMatch) -> list[Line]:
+        """Other lines the matched words name just as well: "airpods" is AirPods 4 and
+        AirPods Pro 2 alike. None when the text said the matched line's whole name."""
+        said = {t for t in match.line.tokens if t in match.span}
+        if not said or said == set(match.line.tokens):
+            return []
+        return [ln for ln in self.lines if ln is not match.line
+                and ln.category == match.line.category and said <= set(ln.tokens)]
 
     def variants(self, line: Line, text: str) -> list[Product]:
         """The variants of ``line`` that fit the attributes mentioned in ``text``."""

@@ -44,7 +44,7 @@ class ReplyWriter:
                         e.message)
             return facts, "template"
         candidate = gen.text.strip()
-        if gen.finish_reason == "stop" and acceptable(candidate, facts):
+        if gen.finish_reason == "stop" and acceptable(candidate, facts, actions, spec.phi):
             return candidate, "model"
         log.debug("agent %s: model reply %r not used", spec.name, candidate[:200])
         return facts, "template"
@@ -58,12 +58,44 @@ def _prompt(spec: AgentSpec, text: str, facts: str) -> str:
 _IDS = re.compile(r"\b[A-Z]-[A-Z0-9]{6,}\b")
 _CUSTOMER_VOICE = re.compile(r"\s*(?:i am|i'm|i want|i need|i would|i'd|please|can you|"
                              r"do you|customer:)", re.I)
-_NEGATIVE = re.compile(r"\b(?:not|no|don't|out of stock|can't|couldn't|sorry|isn't)\b", re.I)
+_NEGATIVE = re.compile(r"\b(?:not|no|don't|out of stock|can't|couldn't|sorry|isn't|taken|"
+                       r"passed|unavailable)\b", re.I)
+# The outcome in the result's own words: a phrase in a tool's summary, and the words one of
+# which the reply must use to say the same ("is already taken" -> "taken").
+_OUTCOMES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("already taken", ("taken",)),
+    ("not a bookable slot", ("not a bookable", "not bookable")),
+    ("already passed", ("passed",)),
+    ("out of stock", ("out of stock",)),
+    ("don't carry", ("don't carry", "do not carry")),
+    ("but not in", ("not in",)),
+    ("no free slots", ("no free",)),
+    ("found no", ("found no", "no in-stock", "no alternative")),
+    ("couldn't", ("couldn't", "could not")),
+    ("can't", ("can't", "cannot", "can not")),
+    ("in stock here", ("in stock", " left")),
+    ("booked:", ("booked",)),
+    ("free on", ("free", "available")),
+    ("asked a staff member", ("staff",)),
+)
+# A failure's alternatives (free slots, other products) and a quote's sums are in numbers:
+# for these the reply must carry every number of the summary.
+_ALL_NUMBERS = re.compile(r"already taken|not a bookable|already passed|out of stock|"
+                          r"don't carry|no free slots|couldn't|can't|found no|but not in|"
+                          r"total \$", re.I)
+# A clinic reply never speaks as the patient ("I am very sick", "my prescription").
+_PATIENT_VOICE = re.compile(r"\b(?:i am|i'm|i have|i want|i need|i feel|my|me)\b", re.I)
 
 
-def acceptable(reply: str, facts: str) -> bool:
+def acceptable(reply: str, facts: str, actions: list[JSON] | None = None,
+               phi: bool = False) -> bool:
     """Non-empty, on topic, no number the facts lack, every reference (quote, ticket,
-    booking) kept, and as positive or negative as the facts are."""
+    booking) kept, as positive or negative as the facts are, and the key facts of each
+    result kept (``keeps_key_facts``)."""
+    summaries = ([str(a["result"].get("summary", "")) for a in actions] if actions
+                 else [facts])
+    if not keeps_key_facts(reply, summaries, phi):
+        return False
     if len(reply) < 8 or len(reply) > 600:
         return False
     fact_numbers = set(_NUM.findall(facts.replace(",", "")))
@@ -80,3 +112,22 @@ def acceptable(reply: str, facts: str) -> bool:
     words = {w for w in re.findall(r"[a-z]+", reply.lower()) if w not in _STOP}
     fact_words = {w for w in re.findall(r"[a-z]+", facts.lower()) if w not in _STOP}
     return len(words & fact_words) >= 2
+
+
+def keeps_key_facts(reply: str, summaries: list[str], phi: bool) -> bool:
+    """Does the reply say what each result says: its outcome in the result's own words,
+    and for a failure (the alternatives offered), a quote (its sums) or anything on a PHI
+    agent, every number? When in doubt the template is the answer."""
+    low = reply.lower().replace("\u2019", "'")
+    numbers = set(_NUM.findall(reply.replace(",", "")))
+    if phi and _PATIENT_VOICE.search(low):
+        return False
+    for summary in summaries:
+        said = summary.lower().replace("\u2019", "'")
+        if any(phrase in said and not any(w in low for w in words)
+               for phrase, words in _OUTCOMES):
+            return False
+        if ((phi or _ALL_NUMBERS.search(said))
+                and not set(_NUM.findall(summary.replace(",", ""))) <= numbers):
+            return False
+    return True

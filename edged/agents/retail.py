@@ -12,9 +12,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, TypedDict
 
-from edged.agents.catalog import COLOR_WORDS, Catalog, Line, Product
+from edged.agents.catalog import CATEGORY_WORDS, COLOR_WORDS, Catalog, Line, Product
 from edged.agents.config import AgentSpec
-from edged.agents.slots import money, normalize, quantity, words
+from edged.agents.slots import NUMBER_WORDS, money, normalize, quantity, words
 from edged.agents.tickets import Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
 from edged.store import Store
@@ -157,7 +157,8 @@ class RetailTools:
                             ] or alternatives
         top = alternatives[:3]
         names = ", ".join(f"{a['name']} (${a['price']:.2f})" for a in top)
-        base = match.line.model if match else category
+        named = normalize(product) in (category, *CATEGORY_WORDS.get(category, ()))
+        base = match.line.model if match else category if named else product
         summary = (f"Instead of the {base}, we have in stock: {names}." if top
                    else f"I found no in-stock alternatives to the {base}.")
         return {"found": bool(top), "product": base, "category": category,
@@ -174,15 +175,23 @@ class RetailTools:
 
         Keywords: quote, price, cost, how much, total, estimate, buy, bulk
         """
-        lines, missing = [], []
+        lines, missing, unclear = [], [], {}
         for item in items:
             match = self.catalog.match_line(item["product"])
             if match is None:
                 missing.append(item["product"])
                 continue
+            rivals = self.catalog.rivals(match)
+            if rivals:
+                unclear[item["product"]] = [match.line.model] + [r.model for r in rivals]
+                continue
             product = self.catalog.variants(match.line, item["product"]) or [
                 match.line.variants[0]]
             lines.append(self._price_line(product[0], item["quantity"]))
+        if unclear:
+            which = " ".join(f"Which {said} do you mean: {' or '.join(models)}?"
+                             for said, models in unclear.items())
+            return {"quoted": False, "unclear": unclear, "items": items, "summary": which}
         if not lines:
             return {"quoted": False, "not_carried": missing,
                     "summary": f"Sorry, we don't carry {', '.join(missing)}."}
@@ -209,9 +218,14 @@ class RetailTools:
             await db.execute("INSERT INTO price_quotes (id, agent, created, body) VALUES "
                              "(?, ?, ?, ?)", (quote["id"], ctx.agent, time.time(),
                                               json.dumps(quote)))
-        items = ", ".join(f"{ln['quantity']} x {ln['name']}" for ln in lines)
-        summary = (f"Quote {quote['id']}: {items}. Subtotal ${subtotal:.2f}, tax ${tax:.2f}, "
-                   f"total ${quote['total']:.2f}.")
+        items = ", ".join(f"{ln['quantity']} x {ln['name']}"
+                          + (f" ({ln['discount_percent']:g}% off)" if ln["discount_percent"]
+                             else "") for ln in lines)
+        # The discount is said, so subtotal - discount + tax = total adds up on the screen.
+        off = (f", {percent:g}% order discount -${subtotal - discounted:.2f}" if percent
+               else "")
+        summary = (f"Quote {quote['id']}: {items}. Subtotal ${subtotal:.2f}{off}, "
+                   f"tax ${tax:.2f}, total ${quote['total']:.2f}.")
         if missing:
             summary += f" We don't carry {', '.join(missing)}."
         return {"quoted": True, **quote, "not_carried": missing, "summary": summary}
@@ -240,10 +254,11 @@ class RetailTools:
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         """Arguments for ``tool_name`` found in ``text``; the last product fills a gap."""
         last = state.get("product")
+        asked = state.get("uncarried")  # "what's cheaper than that?" after one we don't carry
         match = self.catalog.match_line(text)
         if match is None and last:  # "what about the pro?" after the Pixel 9
             match = self.catalog.match_line(f"{last} {text}")
-        product = match.line.model if match else _residual(text) or last
+        product = match.line.model if match else _residual(text) or last or asked
         if tool_name == "check_inventory":
             line = match.line if match else (self._line_named(last) if last else None)
             args: JSON = {"product": product}
@@ -252,11 +267,15 @@ class RetailTools:
                     args[key] = self.catalog.attribute_in(line, key, text)
             return args
         if tool_name == "find_alternatives":
+            # Only what the message or the conversation names; nothing grounded: ask.
             category = self.catalog.category_of(text)
-            return {"product": product if match or not category else category,
-                    "max_price": money(text)}
+            grounded = match.line.model if match else category or last or asked
+            return {"product": grounded, "max_price": money(text)}
         if tool_name == "create_price_quote":
-            return {"items": self._quote_items(text, last)}
+            pending = state.get("pending") or {}
+            if pending.get("tool") == tool_name and pending.get("args", {}).get("items"):
+                return {"items": self._resolve(pending["args"]["items"], text)}
+            return {"items": self._quote_items(text, state)}
         if tool_name == "create_ticket":
             return {"topic": _ticket_topic(text), "summary": text.strip()[:200]}
         return {}
@@ -265,20 +284,51 @@ class RetailTools:
         found = self.catalog.match_line(model)
         return found.line if found else None
 
-    def _quote_items(self, text: str, last: str | None) -> list[JSON]:
+    def _quote_items(self, text: str, state: JSON) -> list[JSON]:
         items = []
-        for part in re.split(r"\band\b|,|\bplus\b|\+", text):
+        for whole in re.split(r"\band\b|,|\bplus\b|\+", text):
+            count, part = self._leading_quantity(whole)
             match = self.catalog.match_line(part)
             if match is None:
                 continue
-            rest = " ".join(w for w in words(part) if w not in match.span)
+            if count is None:
+                count = quantity(" ".join(w for w in words(part) if w not in match.span))
             attrs = " ".join(v for k in ("storage", "size", "color")
                              if (v := self.catalog.attribute_in(match.line, k, part)))
-            items.append({"product": f"{match.line.model} {attrs}".strip(),
-                          "quantity": quantity(rest) or 1})
-        if not items and last:
-            items.append({"product": last, "quantity": quantity(text) or 1})
+            # Words that fit several lines ("airpods") stay the customer's, so the quote
+            # asks which one instead of pricing a guess.
+            name = (" ".join(match.span) if self.catalog.rivals(match)
+                    else match.line.model)
+            items.append({"product": f"{name} {attrs}".strip(), "quantity": count or 1})
+        last = state.get("product")
+        if not items and last:  # "how much for 6 of them?": the product and variant last said
+            items.append({"product": f"{last} {state.get('attrs', '')}".strip(),
+                          "quantity": quantity(text) or 1})
         return items
+
+    def _leading_quantity(self, part: str) -> tuple[int | None, str]:
+        """"3 pixel 9" is 3 of the Pixel 9 (the quantity binds to the product after it),
+        but "pixel 9 pro" is no quantity: a number counts only before the product."""
+        for m in _COUNT.finditer(part):
+            before, after = part[:m.start()], part[m.end():]
+            if _UNIT.match(after) or self.catalog.match_line(before) is not None:
+                continue
+            if self.catalog.match_line(after) is not None:
+                word = m.group(1).lower()
+                return (int(word) if word.isdigit() else NUMBER_WORDS[word]), after
+        return None, part
+
+    def _resolve(self, items: list[JSON], text: str) -> list[JSON]:
+        """The answer to "which AirPods?": an ambiguous item read with the answer."""
+        out = []
+        for item in items:
+            match = self.catalog.match_line(str(item["product"]))
+            if match is not None and self.catalog.rivals(match):
+                again = self.catalog.match_line(f"{item['product']} {text}")
+                if again is not None and not self.catalog.rivals(again):
+                    item = {**item, "product": again.line.model}
+            out.append(item)
+        return out
 
     def check(self, tool_name: str, args: JSON) -> bool:
         """Do the arguments name things the catalog knows?"""
@@ -294,11 +344,27 @@ class RetailTools:
 
     def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None:
         """Keep what a follow-up ("and in black?") will refer to."""
-        product = result.get("product") if result.get("carried", True) else None
+        if tool_name == "create_price_quote" and result.get("unclear"):
+            # Asked which one: the answer completes this request.
+            state["pending"] = {"tool": tool_name, "args": {"items": result["items"]}}
+            return
+        if result.get("carried") is False:  # still what "that" refers to next
+            state["uncarried"] = result["product"]
+            state.pop("product", None)
+            state.pop("attrs", None)
+            return
+        product = result.get("product")
         if tool_name == "create_price_quote" and result.get("lines"):
             product = self._model_of(result["lines"][0]["sku"])
-        if product:
-            state["product"] = product
+        if not product:
+            return
+        if tool_name == "check_inventory":  # the variant chosen, for "how much for 6?"
+            state["attrs"] = " ".join(str(args[k]) for k in ("color", "storage", "size")
+                                      if args.get(k))
+        elif product != state.get("product"):
+            state.pop("attrs", None)
+        state["product"] = product
+        state.pop("uncarried", None)
 
     def _model_of(self, sku: str) -> str | None:
         p = self.catalog.by_sku.get(sku.lower())
@@ -319,6 +385,11 @@ class RetailTools:
         return re.sub(r"\b\d+(?:gb|tb|mm|in)?\b", "NUM", out)
 
 
+_COUNT = re.compile(r"(?<![\w$.,-])(\d{1,3}|" + "|".join(
+    w for w in NUMBER_WORDS if w not in ("a", "an", "single")) + r")(?:\s*x)?\s+(?=\S)", re.I)
+_UNIT = re.compile(r"(?:gb|tb|mm|inch|in\b|am\b|pm\b|%|w\b)", re.I)
+
+
 def _variant_label(p: Product) -> str:
     return " ".join(v for k, v in p.attributes.items() if k != "color_family")
 
@@ -331,6 +402,7 @@ _FILLER = frozenset((
     "get", "to", "buy", "what", "whats", "about", "and", "or", "hi", "hello", "hey", "know",
     "tell", "if", "it", "there's", "sorry", "instead", "similar", "alternatives", "something",
     "else", "other", "cheaper", "than", "under", "options", "one", "ones",
+    "s", "that", "those", "these", "them", "they",  # "what's cheaper than that?" names nothing
 ))
 
 

@@ -10,9 +10,11 @@ reply from the tool results; a checked template stands in when its text will not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +47,9 @@ QUESTIONS = {
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
 FOLLOWABLE = {"check_inventory", "find_alternatives", "create_price_quote",
               "check_appointment_availability", "book_appointment", "access_patient_portal"}
+HANDOFF_TOOLS = ("create_ticket", "escalate_to_human")
+_PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
+                     r"(?:talk|speak) to (?:someone|somebody))\b", re.I)
 FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
 
 EventSink = Callable[[JSON], Awaitable[None]]
@@ -112,6 +117,7 @@ class AgentRuntime:
         self._metrics = metrics
         self._slots = SlotFiller(models)
         self._writer = ReplyWriter(models)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # session id -> (lock, users)
 
     def health(self) -> dict[str, Any]:
         return {name: {"routing": a.embed_state, "tools": len(a.tools)}
@@ -143,8 +149,31 @@ class AgentRuntime:
         text = message.strip()
         if not text or len(text) > MAX_MESSAGE:
             raise BadRequest(f"message: must be 1 to {MAX_MESSAGE} characters")
-        session = (await self._sessions.load(session_id, name, peer.uid) if session_id
-                   else self._sessions.create(name, peer.uid))
+        if session_id is None:
+            return await self._chat(agent, peer, text, self._sessions.create(name, peer.uid),
+                                    token, events)
+        async with self._one_turn_at_a_time(session_id):
+            # Loaded under the lock: two messages on one session never share a state.
+            session = await self._sessions.load(session_id, name, peer.uid)
+            return await self._chat(agent, peer, text, session, token, events)
+
+    @contextlib.asynccontextmanager
+    async def _one_turn_at_a_time(self, session_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
+        self._locks[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[session_id]
+            if users <= 1:
+                del self._locks[session_id]
+            else:
+                self._locks[session_id] = (lock, users - 1)
+
+    async def _chat(self, agent: Agent, peer: Peer, text: str, session: Session,
+                    token: str | None, events: EventSink | None) -> Turn:
+        name = agent.spec.name
         started = time.perf_counter()
         found = portal.find_token(text)
         if found:  # a pasted token is a credential, not words to route or keep in history
@@ -195,6 +224,9 @@ class AgentRuntime:
         route = agent.router.route(text, await self._query_vector(agent, text))
         strong = route.intent if route.score >= agent.spec.route_threshold else None
         pending = state.get("pending")
+        handoff = _handoff_tool(agent)
+        if pending and handoff and (strong == handoff or _asks_for_person(text)):
+            return handoff  # a customer who asks for a person is never asked again
         if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
             return str(pending["tool"])
         last = state.get("last_tool")
@@ -210,8 +242,7 @@ class AgentRuntime:
         """First miss: ask to rephrase. Second in a row: hand off to a person."""
         state = session.state
         state["misses"] = int(state.get("misses", 0)) + 1
-        handoff = next((n for n in ("create_ticket", "escalate_to_human") if n in agent.tools),
-                       None)
+        handoff = _handoff_tool(agent)
         if state["misses"] < 2 or handoff is None:
             return Turn(session.id, _clarify(agent), [], None, route_ms)
         state["misses"] = 0
@@ -323,6 +354,14 @@ def _valid(tool: Tool, args: JSON) -> bool:
 
 def _clean(args: JSON) -> JSON:
     return {k: v for k, v in args.items() if v not in (None, "", [])}
+
+
+def _handoff_tool(agent: Agent) -> str | None:
+    return next((n for n in HANDOFF_TOOLS if n in agent.tools), None)
+
+
+def _asks_for_person(text: str) -> bool:
+    return _PERSON.search(text) is not None
 
 
 def _looks_like_followup(text: str) -> bool:
