@@ -95,6 +95,7 @@ class Daemon:
         wiring.health["sync"] = sync.health
         wiring.routes.append(sync)
         wiring.status.append(sync.status_line)
+        wiring.reloadable.append(ReloadTarget("sync", ("sync",), sync))
         wiring.health["store"] = store.health  # a corrupt database moved aside (edged/salvage.py)
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
         models = await self._build_models(wiring, audit)

@@ -63,7 +63,9 @@ class Cloud:
     async def post(self, request: Request) -> bytes:
         """POST one batch; the response body on 2xx, ``SyncFailed`` otherwise."""
         if self._session is None:
-            raise RuntimeError("cloud session is not open")
+            # Closed by a reload under a drain that outlived the wait: the rows stay queued
+            # and the new session sends them.
+            raise SyncFailed(f"{request.path}: the session to {self.endpoint} is closed")
         url = self.endpoint + request.path
         headers = {"Content-Type": request.content_type, "Content-Encoding": "gzip"}
         token = await asyncio.to_thread(self._token)

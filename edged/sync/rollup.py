@@ -153,12 +153,13 @@ class Rollups:
     """Every ``sync.rollup_interval``, queue one rollup of the whole registry."""
 
     def __init__(self, interval: float, registry: CollectorRegistry, outbox: OutboxQueue, *,
-                 device_id: str) -> None:
+                 device_id: str, start_ns: int | None = None) -> None:
         self._interval = interval
         self._registry = registry
         self._outbox = outbox
         self._device_id = device_id
-        self._start_ns = time.time_ns()
+        # When the cumulative counters started: the process start, not a config reload.
+        self._start_ns = start_ns if start_ns is not None else time.time_ns()
 
     async def run(self) -> None:
         if self._interval <= 0:

@@ -9,6 +9,7 @@ new row or ``sync now`` wakes it at once.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -77,6 +78,20 @@ class Uploader:
         self.lag = Histogram("edged_sync_delivery_lag_seconds",
                              "Time from queueing to the cloud's acknowledgement, by class",
                              ["kind"], buckets=LAG_BUCKETS, registry=registry)
+
+    def successor(self, cfg: SyncConfig, cloud: Cloud | None) -> Uploader:
+        """The uploader for a reloaded ``[sync]``: new settings and cloud; the same outbox,
+        lag histogram (a registry takes a name once), state (delivered counts, failures)
+        and drain lock, so an old drain still in flight and a new one never send the same
+        rows at once."""
+        new = copy.copy(self)
+        new._cfg, new._cloud = cfg, cloud
+        return new
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while a drain is sending or acknowledging rows."""
+        return self._lock
 
     async def run(self) -> None:
         while True:
