@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from edged.agents import portal
+from edged.errors import BadRequest
 from edged.tomlreader import parse_duration
 
 
@@ -23,6 +24,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     tok.add_argument("patient_ref")
     tok.add_argument("--ttl", default="15m", help="lifetime (default 15m)")
     tok.add_argument("--config")
+    tok.add_argument("--state-dir", help="the daemon's state folder (its keys are there)")
     tok.add_argument("--key", help="key file (default: <keys>/portal.key)")
     tok.set_defaults(handler=_cmd_token)
 
@@ -47,7 +49,9 @@ def _turn(args: argparse.Namespace, message: str, session: str | None) -> dict[s
 def _cmd_chat(args: argparse.Namespace) -> int:
     from edged.cli import emit
 
-    if args.message:
+    if args.message is not None:
+        if not args.message.strip():
+            raise BadRequest("MESSAGE: must not be empty (leave it out for a prompt loop)")
         emit(args, _turn(args, args.message, args.session), _render)
         return 0
     session = args.session
@@ -71,13 +75,17 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     from edged.cli import config_for
 
-    ttl = parse_duration(args.ttl, "--ttl")
+    ttl = parse_duration(args.ttl, "--ttl", BadRequest)
+    if ttl <= 0:
+        raise BadRequest("--ttl: a token must live longer than 0s")
+    if not args.patient_ref.strip():
+        raise BadRequest("PATIENT_REF: must not be empty")
     if args.key:
         key_path = Path(args.key)
     else:
         cfg = config_for(args)
         clinic = [a.portal_key for a in cfg.agents.agents.values() if a.portal_key]
         key_path = clinic[0] if clinic else cfg.daemon.keys_dir / "portal.key"
-    token = portal.mint(portal.load_or_create_key(key_path), args.patient_ref, ttl)
+    token = portal.mint(portal.load_key(key_path), args.patient_ref, ttl)
     print(token)
     return 0

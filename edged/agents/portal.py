@@ -30,6 +30,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def load_key(path: Path) -> bytes:
+    """The 32-byte key, which must exist: minting never makes a key the daemon does not use."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        raise Unauthorized(f"no portal key at {path}: start the daemon once (it makes the key) "
+                           "or pass --key / --state-dir", code="no_portal_key") from None
+    if len(key) != 32:
+        raise Unauthorized(f"{path}: a key must be 32 bytes")
+    return key
+
+
 def load_or_create_key(path: Path) -> bytes:
     """The 32-byte key; made (0600) on first use so a fresh box works out of the box."""
     try:
