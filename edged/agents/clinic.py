@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -21,11 +22,12 @@ from typing import Annotated, Any, Literal
 from edged.agents import portal
 from edged.agents.catalog import read_seed
 from edged.agents.config import AgentSpec
+from edged.agents.runtime import NOT_NOTIFIED, Override
 from edged.agents.sessions import Sealer
 from edged.agents.slots import normalize, parse_date, parse_time, part_of_day, similarity, words
 from edged.agents.tickets import Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
-from edged.errors import BadRequest, Unauthorized
+from edged.errors import BadRequest, EdgedError, Unauthorized
 from edged.store import Store
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -47,7 +49,37 @@ SPECIALTY_WORDS = {
     "laboratory": ("lab", "blood", "bloodwork", "draw", "test"),
 }
 Section = Literal["appointments", "results", "prescriptions", "billing"]
-Reason = Literal["urgent", "billing", "records", "prescription", "other"]
+Reason = Literal["urgent", "billing", "records", "prescription", "cancel", "other"]
+
+# Safety cues, checked in code before routing and before any pending question (QA G1-G3).
+# Patterns match the message lowercased, apostrophes dropped ("can't" -> "cant") and other
+# punctuation as spaces, at word boundaries. They err towards escalating: a false alarm
+# costs a nurse's call, a miss can cost a life. Keep them specific ("severe bleeding", not
+# "severe": "severe acne" is a dermatology booking).
+EMERGENCY = "If this is an emergency, call your local emergency number now."
+CRISIS = ("If you are thinking about harming yourself, please also contact a local crisis "
+          "line now.")
+RED_FLAGS = (
+    r"chest pains?", r"chest (?:tightness|pressure)", r"crushing chest", r"heart attack",
+    r"(?:cant|cannot|can not|couldnt|unable to) breathe?", r"not breathing",
+    r"(?:trouble|difficulty|hard|struggling) breathing", r"short(?:ness)? of breath",
+    r"stopped breathing", r"choking",
+    r"too many (?:pills|tablets)", r"overdos(?:e|ed|ing)", r"poison(?:ed|ing)",
+    r"(?:severe|heavy|heavily|lots of|a lot of) bleeding", r"bleeding (?:heavily|badly)",
+    r"wont stop bleeding", r"bleeding (?:that )?wont stop",
+    r"unresponsive", r"(?:not|isnt|is not|wasnt) responding", r"not waking(?: up)?",
+    r"wont wake(?: up)?", r"cant wake (?:him|her|them)", r"unconscious", r"passed out",
+    r"collapsed", r"fainted",
+    r"strokes?", r"face (?:is )?drooping", r"slurred speech", r"seizures?",
+    r"anaphyla\w*", r"allergic reaction", r"throat (?:is )?(?:swelling|closing)", r"ambulance",
+)
+SELF_HARM = (
+    r"suicid\w*", r"kill(?:ing)? myself", r"end(?:ing)? (?:my|it all)(?: own)?(?: life)?",
+    r"tak(?:e|ing) my (?:own )?life", r"(?:hurt|harm|hurting|harming|cutting) myself",
+    r"self harm\w*", r"(?:want|wanting) to die", r"better off dead",
+)
+CANCEL = (r"cancel\w*", r"reschedul\w*", r"re schedule", r"postpon\w*",
+          r"(?:move|change|push back) my (?:appointment|booking|visit)")
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,17 @@ class ClinicTools:
 
     def tools(self) -> list[Tool]:
         return collect(self)
+
+    def override(self, text: str) -> Override | None:
+        """Red flags and self-harm escalate urgently in every turn; cancel or reschedule
+        (which no tool can do) hands over to staff instead of ever booking."""
+        if _cue(SELF_HARM, text):
+            return Override("escalate_to_human", {"reason": "urgent"}, (EMERGENCY, CRISIS))
+        if _cue(RED_FLAGS, text):
+            return Override("escalate_to_human", {"reason": "urgent"}, (EMERGENCY,))
+        if _cue(CANCEL, text):
+            return Override("escalate_to_human", {"reason": "cancel"})
+        return None
 
     def find_providers(self, text: str) -> list[Provider]:
         """Providers a text names: by name ("Dr. Patel", "patel") or by specialty."""
@@ -185,18 +228,26 @@ class ClinicTools:
         if not candidates:
             return await self._no_such_slot(ctx, providers, day, time, provider)
         for p in candidates:
-            booked = await self._insert(p, day, time, patient_name)
+            booked = await self._insert(p, day, time, patient_name, ctx.session_id)
             if booked:
                 return {"booked": True, "booking": booked, "provider": p.name,
                         "date": date, "time": time,
                         "summary": f"Booked: {p.name} on {_nice(date)} at {time} "
                                    f"(confirmation {booked})."}
+        for p in candidates:  # a retry whose answer was lost finds its own booking
+            mine = await self._booked_by(p, day, time, patient_name, ctx.session_id)
+            if mine:
+                return {"booked": True, "booking": mine, "provider": p.name, "date": date,
+                        "time": time, "summary": f"You're already booked: {p.name} on "
+                                                 f"{_nice(date)} at {time} (confirmation {mine})."}
         return await self._no_such_slot(ctx, providers, day, time, provider, taken=True)
 
-    async def _insert(self, p: Provider, day: dt.date, hhmm: str, name: str) -> str | None:
+    async def _insert(self, p: Provider, day: dt.date, hhmm: str, name: str,
+                      session: str) -> str | None:
         booking = f"B-{uuid.uuid4().hex[:8].upper()}"
         start = f"{day.isoformat()}T{hhmm}"
-        sealed = self._sealer.seal(json.dumps({"name": name}).encode(), booking.encode())
+        sealed = self._sealer.seal(json.dumps({"name": name, "session": session}).encode(),
+                                   booking.encode())
         try:
             async with self._store.transaction() as db:
                 await db.execute(
@@ -205,6 +256,19 @@ class ClinicTools:
         except sqlite3.IntegrityError:  # UNIQUE (provider_id, start): someone was faster
             return None
         return booking
+
+    async def _booked_by(self, p: Provider, day: dt.date, hhmm: str, name: str,
+                         session: str) -> str | None:
+        """The slot's booking if this session booked it for this patient (sealed, so the
+        comparison happens here, never in SQL)."""
+        row = await self._store.fetchone(
+            "SELECT id, patient FROM clinic_bookings WHERE provider_id = ? AND start = ?",
+            (p.id, f"{day.isoformat()}T{hhmm}"))
+        if row is None:
+            return None
+        held = json.loads(self._sealer.open(row["patient"], row["id"].encode()))
+        same = held.get("session") == session and held.get("name") == name
+        return str(row["id"]) if same else None
 
     async def _no_such_slot(self, ctx: ToolContext, providers: list[Provider], day: dt.date,
                             hhmm: str, asked: str, taken: bool = False) -> JSON:
@@ -268,12 +332,18 @@ class ClinicTools:
         # Only an opaque reference leaves the box; staff look the session up locally.
         reference = hashlib.sha256(f"{ctx.agent}:{ctx.session_id}".encode()).hexdigest()[:16]
         priority = "urgent" if reason == "urgent" else "normal"
-        ticket = await self._tickets.open(ctx.agent, "handoff",
-                                          {"reference": reference, "priority": priority})
-        advice = (" If this is an emergency, call your local emergency number now."
-                  if reason == "urgent" else "")
-        return {"ticket": ticket, "reason": reason,
-                "summary": f"I've asked a staff member to contact you (ticket {ticket}).{advice}"}
+        advice = f" {EMERGENCY}" if reason == "urgent" else ""
+        try:
+            ticket = await self._tickets.open(ctx.agent, "handoff",
+                                              {"reference": reference, "priority": priority})
+        except EdgedError as e:  # outbox full: the audit keeps e.message, the person gets words
+            return {"ticket": None, "reason": reason, "notified": False, "detail": e.message,
+                    "summary": f"{NOT_NOTIFIED}{advice}"}
+        before = ("I can't cancel or reschedule appointments here, so "
+                  if reason == "cancel" else "")
+        return {"ticket": ticket, "reason": reason, "notified": True,
+                "summary": f"{before}I've asked a staff member to contact you (ticket "
+                           f"{ticket}).{advice}"}
 
     # -- finding arguments in text
 
@@ -372,7 +442,6 @@ def _provider_label(found: list[Provider], text: str) -> str | None:
 
 
 def _patient_name(text: str) -> str | None:
-    import re
     m = re.search(r"(?i:my name is|name is|i am|i'm|for|patient|name:)\s+"
                   r"([A-Z][a-z]+(?:[ -][A-Z][a-z]+){1,2})", text)
     if m and m.group(1).split()[0] not in ("Dr", "Doctor", "Monday", "Tuesday", "Wednesday",
@@ -410,7 +479,14 @@ _REASONS = (("urgent", ("chest pain", "emergency", "urgent", "can't breathe", "b
             ("prescription", ("prescription", "refill", "medication", "pharmacy")))
 
 
+def _cue(patterns: tuple[str, ...], text: str) -> bool:
+    plain = " ".join(re.findall(r"[a-z0-9]+", text.lower().replace("'", "").replace("\u2019", "")))
+    return re.search(r"\b(?:" + "|".join(patterns) + r")\b", plain) is not None
+
+
 def _reason_of(text: str) -> str:
+    if _cue(SELF_HARM, text) or _cue(RED_FLAGS, text):
+        return "urgent"
     low = text.lower()
     for reason, cues in _REASONS:
         if any(c in low for c in cues):

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from edged.agents import portal
 from edged.agents.config import AgentSpec
@@ -51,6 +51,7 @@ HANDOFF_TOOLS = ("create_ticket", "escalate_to_human")
 _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
                      r"(?:talk|speak) to (?:someone|somebody))\b", re.I)
 FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
+NOT_NOTIFIED = "I couldn't notify staff automatically — please ask at the front desk."
 
 EventSink = Callable[[JSON], Awaitable[None]]
 
@@ -69,6 +70,23 @@ class Toolset(Protocol):
     def mentions(self, text: str) -> bool:
         """Does the text carry something a follow-up would refine (a product, a color, a
         day)?"""
+        ...
+
+
+@dataclass(frozen=True)
+class Override:
+    """A turn decided in code before routing (a red flag, a request the tools cannot do):
+    the tool to run, its arguments, and sentences the reply always carries."""
+
+    tool: str
+    args: JSON
+    always: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Overriding(Protocol):
+    def override(self, text: str) -> Override | None:
+        """The turn this text forces, whatever routing or a pending question would pick."""
         ...
 
 
@@ -197,6 +215,9 @@ class AgentRuntime:
     async def _turn(self, agent: Agent, session: Session, peer: Peer, text: str,
                     token: str | None, events: EventSink | None) -> Turn:
         state = session.state
+        forced = _override(agent, text)
+        if forced is not None:
+            return await self._forced(agent, session, peer, forced, token, events)
         t0 = time.perf_counter()
         intent = await self._intent(agent, state, text)
         route_ms = (time.perf_counter() - t0) * 1000
@@ -219,6 +240,21 @@ class AgentRuntime:
         actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
         reply, by = await self._writer.write(agent.spec, text, actions)
         return Turn(session.id, reply, actions, intent, route_ms, reply_by=by)
+
+    async def _forced(self, agent: Agent, session: Session, peer: Peer, forced: Override,
+                      token: str | None, events: EventSink | None) -> Turn:
+        """Run an override: any half-filled request is dropped (never resumed later), and
+        the reply is the checked template, so no model wording can lose a safety sentence."""
+        session.state.pop("pending", None)
+        session.state["misses"] = 0
+        ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
+        actions = await self._run_chain(agent, ctx, forced.tool, forced.args, session.state,
+                                        events)
+        reply = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
+        for sentence in forced.always:
+            if sentence not in reply:
+                reply = f"{reply} {sentence}".strip()
+        return Turn(session.id, reply, actions, forced.tool)
 
     async def _intent(self, agent: Agent, state: JSON, text: str) -> str | None:
         route = agent.router.route(text, await self._query_vector(agent, text))
@@ -328,6 +364,8 @@ class AgentRuntime:
                                           "That took too long; please try again."}
         except EdgedError as e:
             outcome, result = e.code, {"error": e.code, "summary": e.message}
+            if name in HANDOFF_TOOLS:  # a person asking for staff gets words, not internals
+                result.update(detail=e.message, summary=NOT_NOTIFIED)
         duration = time.perf_counter() - started
         self._metrics.tool_calls.labels(agent.spec.name, name, outcome).inc()
         await self._audit.append("tool.call", f"agent:{agent.spec.name}", {
@@ -341,6 +379,15 @@ def _next_step(agent: Agent, name: str, args: JSON, result: JSON) -> tuple[str, 
     if (name == "check_inventory" and result.get("carried") and result.get("variant_found")
             and not result.get("in_stock_here") and "find_alternatives" in agent.tools):
         return "find_alternatives", {"product": result["product"]}
+    return None
+
+
+def _override(agent: Agent, text: str) -> Override | None:
+    for _, toolset in agent.tools.values():
+        if isinstance(toolset, Overriding):
+            forced = toolset.override(text)
+            if forced is not None and forced.tool in agent.tools:
+                return forced
     return None
 
 
