@@ -168,6 +168,21 @@ class Catalog:
         found = {ln.category for ln in self.lines if said & set(ln.tokens)}
         return found.pop() if len(found) == 1 else None
 
+    def name_of(self, line: Line) -> str:
+        """A name that matches ``line`` again: the model ("Pixel 9"), or with the brand
+        when the model's words are all generic ("SanDisk Extreme microSD Card")."""
+        again = self.match_line(line.model)
+        return line.model if again is not None and again.line is line else (
+            f"{line.brand} {line.model}")
+
+    def lines_of_brand(self, text: str) -> list[Line]:
+        """Lines of a brand the text names whose name shares a word with it: "Anker
+        chargers" is Anker's Nano USB-C Charger, though "chargers" alone names no line."""
+        plain = normalize(text).split()
+        said = set(plain) | {w[:-1] for w in plain if len(w) > 3 and w.endswith("s")}
+        return [ln for ln in self.lines if normalize(ln.brand).replace(" ", "") in said
+                and said & (set(ln.tokens) - _STOP)]
+
     def rivals(self, match: LineMatch) -> list[Line]:
         """Other lines the matched words name just as well: "airpods" is AirPods 4 and
         AirPods Pro 2 alike. None when the text said the matched line's whole name."""
@@ -198,9 +213,18 @@ class Catalog:
         for value in sorted(values, key=len, reverse=True):
             if f" {normalize(value)} " in norm or f" {normalize(value).replace(' ', '')} " in norm:
                 return value
+            bare = re.fullmatch(r"(\d{2,4})gb", normalize(value).replace(" ", ""))
+            if key == "storage" and bare and f" {bare.group(1)} " in norm:
+                return value  # "midnight 512" next to a line sold in 512GB
         return None
 
+    def storage_said(self, text: str) -> str | None:
+        """A storage size the text names ("1tb", "512 GB"), whether or not any variant has it."""
+        m = _STORAGE_SAID.search(text)
+        return f"{m.group(1)}{m.group(2).upper()}" if m else None
 
+
+_STORAGE_SAID = re.compile(r"\b(\d{1,4}) ?(gb|tb)\b", re.I)
 COLOR_WORDS = ("black", "white", "silver", "gray", "grey", "blue", "green", "pink", "purple",
                "red", "gold", "beige", "navy")
 

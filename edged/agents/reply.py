@@ -34,6 +34,8 @@ class ReplyWriter:
             return "Done.", "template"
         if not spec.model_reply or self._models is None:
             return facts, "template"
+        if facts.rstrip().endswith("?"):
+            return facts, "template"  # a clarifying question is asked as the tool put it
         try:
             gen = await self._models.chat(spec.model, [{"role": "user", "content": _prompt(
                 spec, text, facts)}], GenerateParams(
@@ -57,7 +59,16 @@ def _prompt(spec: AgentSpec, text: str, facts: str) -> str:
 
 _IDS = re.compile(r"\b[A-Z]-[A-Z0-9]{6,}\b")
 _CUSTOMER_VOICE = re.compile(r"\s*(?:i am|i'm|i want|i need|i would|i'd|please|can you|"
-                             r"do you|customer:)", re.I)
+                             r"do you|customer:|i have a|i think|i was)", re.I)
+# A word with a digit in it ("S24", "M3", "13" of "XPS 13") is part of a name, not a fact:
+# a reply that keeps only the product's name has kept no number.
+_NAME_NUMBER = re.compile(r"\b[a-z]+\d[a-z\d]*\b|\b\d+[a-z]+\b|(?<=[A-Za-z] )\d{1,2}\b(?![.:]\d)",
+                          re.I)
+
+
+def _fact_text(text: str) -> str:
+    """The text without the numbers that belong to names ("Pixel 9", "S24", "256GB")."""
+    return _NAME_NUMBER.sub(" ", text.replace(",", ""))
 _NEGATIVE = re.compile(r"\b(?:not|no|don't|out of stock|can't|couldn't|sorry|isn't|taken|"
                        r"passed|unavailable)\b", re.I)
 # The outcome in the result's own words: a phrase in a tool's summary, and the words one of
@@ -105,7 +116,8 @@ def acceptable(reply: str, facts: str, actions: list[JSON] | None = None,
         return False
     if bool(_NEGATIVE.search(facts)) != bool(_NEGATIVE.search(reply)):
         return False
-    if fact_numbers and not set(_NUM.findall(reply.replace(",", ""))):
+    if fact_numbers and not set(_NUM.findall(_fact_text(reply))) & set(
+            _NUM.findall(_fact_text(facts))):
         return False  # the facts' numbers (stock, prices, times) are the point of the answer
     if _CUSTOMER_VOICE.match(reply):
         return False  # a base model often carries on as the customer
@@ -123,6 +135,8 @@ def keeps_key_facts(reply: str, summaries: list[str], phi: bool) -> bool:
     if phi and _PATIENT_VOICE.search(low):
         return False
     for summary in summaries:
+        if summary.rstrip().endswith("?") and summary.strip() not in reply:
+            return False  # a clarifying question is never replaced by the model's words
         said = summary.lower().replace("\u2019", "'")
         if any(phrase in said and not any(w in low for w in words)
                for phrase, words in _OUTCOMES):

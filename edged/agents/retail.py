@@ -19,10 +19,16 @@ from edged.agents.tickets import Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
 from edged.store import Store
 
+# The most units one quote line takes: more is a typo or a joke, and the kiosk asks
+# rather than pricing it. Not configurable: bulk orders go to staff, not the kiosk.
+MAX_QUOTE_QUANTITY = 100
+
 
 class QuoteLine(TypedDict):
     product: Annotated[str, Limits(max_length=80)]
-    quantity: Annotated[int, Limits(minimum=1, maximum=500)]
+    # Any number the customer said reaches the tool, which asks about a bad one ("-3",
+    # "2.5") instead of the schema or the parser quietly making it another.
+    quantity: Annotated[float, Limits(minimum=-1e9, maximum=1e9)]
 
 
 TicketTopic = Literal["repair", "return", "order", "staff", "complaint", "other"]
@@ -58,6 +64,7 @@ class RetailTools:
     async def check_inventory(
         self, ctx: ToolContext, product: Annotated[str, Limits(max_length=80)],
         color: str | None = None, storage: str | None = None, size: str | None = None,
+        max_price: Annotated[float, Limits(minimum=0, maximum=100000)] | None = None,
     ) -> JSON:
         """Check whether a product is in stock in this store and the others.
 
@@ -66,20 +73,27 @@ class RetailTools:
             color: wanted color, if any
             storage: wanted storage, e.g. 256GB
             size: wanted size, e.g. 65in or 46mm
+            max_price: the customer's budget, if they gave one
 
         Keywords: stock, in stock, available, availability, have, carry, sell, left
         """
         line = self.catalog.match_line(product)
+        if line is None and _names_only_a_category(self.catalog, product):
+            return await self._category_stock(self.catalog.category_named(product) or "",
+                                              max_price)
         if line is None:
             return await self._not_carried(product)
         wanted = " ".join(v for v in (color, storage, size) if v)
         variants = self.catalog.variants(line.line, wanted) if wanted else list(line.line.variants)
-        if not variants:
+        # A value no variant has ("1TB") filters nothing in ``variants``: it is not sold.
+        unknown = [v for k, v in (("color", color), ("storage", storage), ("size", size))
+                   if v and self.catalog.attribute_in(line.line, k, v) is None]
+        if not variants or unknown:
             options = sorted({_variant_label(p) for p in line.line.variants})
             return {"carried": True, "product": line.line.model, "variant_found": False,
                     "asked": wanted, "options": options,
-                    "summary": f"We carry the {line.line.model}, but not in {wanted}. "
-                               f"It comes in: {', '.join(options)}."}
+                    "summary": f"We carry the {line.line.model}, but not in {wanted}; "
+                               f"there is no such version. It comes in: {', '.join(options)}."}
         stock = await self._stock([p.sku for p in variants])
         rows = [_row(p, stock[p.sku], self.here) for p in variants]
         here = sum(r["in_stock_here"] for r in rows)
@@ -99,6 +113,17 @@ class RetailTools:
             names = ", ".join(self.catalog.stores.get(s, s) for s in elsewhere)
             return f"The {what} is out of stock here, but available at: {names}."
         return f"The {what} is out of stock in all our stores."
+
+    async def _category_stock(self, category: str, cap: float | None) -> JSON:
+        """A need, not a product ("a phone under 400"): what fits, cheapest first."""
+        found = (await self._in_stock_of(category, None, exclude=None, cap=cap))[:3]
+        under = f" under ${cap:.2f}" if cap is not None else ""
+        names = ", ".join(f"{a['name']} (${a['price']:.2f}, {a['in_stock_here']} left)"
+                          for a in found)
+        summary = (f"In stock here in {category}{under}: {names}." if found
+                   else f"I found no {category}{under} in stock here.")
+        return {"found": bool(found), "category": category, "max_price": cap,
+                "alternatives": found, "summary": summary}
 
     async def _not_carried(self, product: str) -> JSON:
         category = self.catalog.category_of(product)
@@ -157,10 +182,15 @@ class RetailTools:
                             ] or alternatives
         top = alternatives[:3]
         names = ", ".join(f"{a['name']} (${a['price']:.2f})" for a in top)
-        named = normalize(product) in (category, *CATEGORY_WORDS.get(category, ()))
+        named = match is None and _names_only_a_category(self.catalog, product)
         base = match.line.model if match else category if named else product
-        summary = (f"Instead of the {base}, we have in stock: {names}." if top
-                   else f"I found no in-stock alternatives to the {base}.")
+        under = f" under ${max_price:.2f}" if max_price is not None else ""
+        if named:  # a need ("headphones under 200"), not a product to replace
+            summary = (f"In stock here in {category}{under}: {names}." if top
+                       else f"I found no {category}{under} in stock here.")
+        else:
+            summary = (f"Instead of the {base}, we have in stock: {names}." if top
+                       else f"I found no in-stock alternatives to the {base}.")
         return {"found": bool(top), "product": base, "category": category,
                 "alternatives": top, "summary": summary}
 
@@ -175,7 +205,7 @@ class RetailTools:
 
         Keywords: quote, price, cost, how much, total, estimate, buy, bulk
         """
-        lines, missing, unclear = [], [], {}
+        lines, missing, unclear, asks = [], [], {}, []
         for item in items:
             match = self.catalog.match_line(item["product"])
             if match is None:
@@ -184,18 +214,42 @@ class RetailTools:
             rivals = self.catalog.rivals(match)
             if rivals:
                 unclear[item["product"]] = [match.line.model] + [r.model for r in rivals]
+                asks.append(f"Which {item['product']} do you mean: "
+                            f"{' or '.join(unclear[item['product']])}?")
                 continue
-            product = self.catalog.variants(match.line, item["product"]) or [
-                match.line.variants[0]]
-            lines.append(self._price_line(product[0], item["quantity"]))
+            product, ask = self._quoted_variant(match.line, item["product"])
+            qty = item["quantity"]
+            if ask is None and (qty != int(qty) or not 1 <= qty <= MAX_QUOTE_QUANTITY):
+                ask = (f"A quote line takes 1 to {MAX_QUOTE_QUANTITY} units, so I can't "
+                       f"quote {_said_number(qty)}. How many {match.line.model} would you like?")
+            if ask is not None or product is None:
+                unclear[item["product"]] = [_variant_label(p) for p in match.line.variants]
+                asks.append(ask or "")
+                continue
+            lines.append(self._price_line(product, int(qty)))
         if unclear:
-            which = " ".join(f"Which {said} do you mean: {' or '.join(models)}?"
-                             for said, models in unclear.items())
-            return {"quoted": False, "unclear": unclear, "items": items, "summary": which}
+            return {"quoted": False, "unclear": unclear, "items": items,
+                    "summary": " ".join(asks)}
         if not lines:
             return {"quoted": False, "not_carried": missing,
                     "summary": f"Sorry, we don't carry {', '.join(missing)}."}
         return await self._save_quote(ctx, lines, missing)
+
+    def _quoted_variant(self, line: Line, said: str) -> tuple[Product | None, str | None]:
+        """The variant the words name, the first when they name none, or a question when
+        they name one the line lacks ("1TB") or fit several lines of sizes (a "card")."""
+        options = ", ".join(sorted({_variant_label(p) for p in line.variants}))
+        storage = self.catalog.storage_said(said)
+        chosen = self.catalog.variants(line, said)
+        if ((storage and self.catalog.attribute_in(line, "storage", storage) is None)
+                or not chosen):
+            named = storage or said
+            return None, (f"There is no {named} version of the {line.model}; it comes in "
+                          f"{options}. Which one would you like?")
+        sizes = {p.attributes.get("storage") for p in chosen} - {None}
+        if len(sizes) > 1 and line.category == "storage":  # a card's size is the product
+            return None, f"Which {line.model} would you like: {options}?"
+        return chosen[0], None
 
     def _price_line(self, p: Product, qty: int) -> JSON:
         percent = max((d.percent for d in self._spec.discounts
@@ -258,13 +312,20 @@ class RetailTools:
         match = self.catalog.match_line(text)
         if match is None and last:  # "what about the pro?" after the Pixel 9
             match = self.catalog.match_line(f"{last} {text}")
-        product = match.line.model if match else _residual(text) or last or asked
+        product = (self.catalog.name_of(match.line) if match
+                   else _residual(text) or last or asked)
+        if match is None and _names_only_a_category(self.catalog, text):
+            product = self.catalog.category_named(text)  # "a console for my kid": a need
+        if tool_name == "check_inventory" and match is None and product != _residual(text):
+            return {"product": product, "max_price": money(text)}
         if tool_name == "check_inventory":
             line = match.line if match else (self._line_named(last) if last else None)
             args: JSON = {"product": product}
             if line is not None:
                 for key in ("color", "storage", "size"):
                     args[key] = self.catalog.attribute_in(line, key, text)
+                # A size we don't sell is still the customer's: the tool says there is none.
+                args["storage"] = args["storage"] or self.catalog.storage_said(text)
             return args
         if tool_name == "find_alternatives":
             # Only what the message or the conversation names; nothing grounded: ask.
@@ -290,23 +351,35 @@ class RetailTools:
             count, part = self._leading_quantity(whole)
             match = self.catalog.match_line(part)
             if match is None:
+                by_brand = self.catalog.lines_of_brand(part)
+                if len(by_brand) == 1:  # "2 Anker chargers"
+                    match = self.catalog.match_line(self.catalog.name_of(by_brand[0]))
+            if match is None:
+                unknown = " ".join(w for w in (_residual(part) or "").split()
+                                   if not w.isdigit())
+                said_count = count is not None or quantity(part) is not None
+                if unknown and said_count:  # "2 flux capacitors" is not dropped unsaid
+                    items.append({"product": unknown[:80], "quantity": 1})
                 continue
             if count is None:
                 count = quantity(" ".join(w for w in words(part) if w not in match.span))
             attrs = " ".join(v for k in ("storage", "size", "color")
                              if (v := self.catalog.attribute_in(match.line, k, part)))
+            if self.catalog.attribute_in(match.line, "storage", part) is None:
+                attrs = f"{self.catalog.storage_said(part) or ''} {attrs}"  # kept, to be asked
             # Words that fit several lines ("airpods") stay the customer's, so the quote
             # asks which one instead of pricing a guess.
             name = (" ".join(match.span) if self.catalog.rivals(match)
-                    else match.line.model)
-            items.append({"product": f"{name} {attrs}".strip(), "quantity": count or 1})
+                    else self.catalog.name_of(match.line))
+            items.append({"product": f"{name} {attrs}".strip(),
+                          "quantity": 1 if count is None else count})
         last = state.get("product")
         if not items and last:  # "how much for 6 of them?": the product and variant last said
             items.append({"product": f"{last} {state.get('attrs', '')}".strip(),
                           "quantity": quantity(text) or 1})
         return items
 
-    def _leading_quantity(self, part: str) -> tuple[int | None, str]:
+    def _leading_quantity(self, part: str) -> tuple[float | None, str]:
         """"3 pixel 9" is 3 of the Pixel 9 (the quantity binds to the product after it),
         but "pixel 9 pro" is no quantity: a number counts only before the product."""
         for m in _COUNT.finditer(part):
@@ -315,7 +388,7 @@ class RetailTools:
                 continue
             if self.catalog.match_line(after) is not None:
                 word = m.group(1).lower()
-                return (int(word) if word.isdigit() else NUMBER_WORDS[word]), after
+                return (NUMBER_WORDS[word] if word in NUMBER_WORDS else float(word)), after
         return None, part
 
     def _resolve(self, items: list[JSON], text: str) -> list[JSON]:
@@ -327,6 +400,15 @@ class RetailTools:
                 again = self.catalog.match_line(f"{item['product']} {text}")
                 if again is not None and not self.catalog.rivals(again):
                     item = {**item, "product": again.line.model}
+            elif match is not None and self._quoted_variant(match.line, item["product"])[1]:
+                # "512GB then" after "there is no 1TB version": the answer's variant
+                attrs = " ".join(v for k in ("storage", "size", "color")
+                                 if (v := self.catalog.attribute_in(match.line, k, text)))
+                if attrs:
+                    item = {**item, "product": f"{self.catalog.name_of(match.line)} {attrs}"}
+            qty = float(item["quantity"])
+            if qty != int(qty) or not 1 <= qty <= MAX_QUOTE_QUANTITY:
+                item = {**item, "quantity": quantity(text) or _bare_count(text) or qty}
             out.append(item)
         return out
 
@@ -385,9 +467,19 @@ class RetailTools:
         return re.sub(r"\b\d+(?:gb|tb|mm|in)?\b", "NUM", out)
 
 
-_COUNT = re.compile(r"(?<![\w$.,-])(\d{1,3}|" + "|".join(
+_COUNT = re.compile(r"(?<![\w$.,-])(-?\d+(?:\.\d+)?|" + "|".join(
     w for w in NUMBER_WORDS if w not in ("a", "an", "single")) + r")(?:\s*x)?\s+(?=\S)", re.I)
 _UNIT = re.compile(r"(?:gb|tb|mm|inch|in\b|am\b|pm\b|%|w\b)", re.I)
+
+
+def _bare_count(text: str) -> int | None:
+    """The answer to "how many?" may be just the number."""
+    m = re.fullmatch(r"\s*(\d{1,3})\s*[.!]?\s*", text)
+    return int(m.group(1)) if m else None
+
+
+def _said_number(n: float) -> str:
+    return str(int(n)) if n == int(n) else str(n)
 
 
 def _variant_label(p: Product) -> str:
@@ -404,6 +496,29 @@ _FILLER = frozenset((
     "else", "other", "cheaper", "than", "under", "options", "one", "ones",
     "s", "that", "those", "these", "them", "they",  # "what's cheaper than that?" names nothing
 ))
+
+
+# Words that say who or what a need is for, not which product: "a console for my kid".
+_NEED = frozenset((
+    "m", "kid", "kids", "son", "daughter", "child", "children", "gift", "present", "birthday",
+    "cheap", "good", "best", "new", "decent", "nice", "dollars", "dollar", "bucks", "usd",
+    "budget", "around", "below", "less", "over", "wife", "husband", "mom", "dad", "mum",
+    "family", "teen", "teenager", "student", "school", "work", "home", "recommend",
+    "suggest", "show", "affordable", "budget", "gaming",
+))
+
+
+def _names_only_a_category(catalog: Catalog, text: str) -> bool:
+    """Does the text name a category and nothing more specific ("a phone under 400",
+    not "iphone 15 pro max")?"""
+    category = catalog.category_named(text)
+    if category is None:
+        return False
+    own = set(CATEGORY_WORDS[category]) - {"iphone", "iphones"}  # a product we may lack
+    rest = [w for w in (_residual(text) or "").split()
+            if w not in own and w not in _NEED and not w.isdigit()
+            and not re.fullmatch(r"\$?\d+(?:\.\d+)?k?", w)]
+    return not rest
 
 
 def _residual(text: str) -> str | None:

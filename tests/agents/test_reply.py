@@ -11,7 +11,7 @@ FACTS = "Yes, we have the Pixel 9 in stock here: Google Pixel 9 128GB Obsidian (
 
 
 @pytest.mark.parametrize(("reply", "ok"), [
-    ("Yes, we have the Pixel 9 in stock.", True),  # "9" is one of the facts' numbers
+    ("Yes, we have the Pixel 9 in stock.", False),  # the "9" of a name is no fact (QA G6)
     ("Yes! The Pixel 9 is $798.99 and we have 3 left.", True),
     ("Yes, the Pixel 9 is $699.", False),  # an invented price
     ("Sorry, the Pixel 9 is not in stock.", False),  # the opposite of the facts
