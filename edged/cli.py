@@ -56,8 +56,9 @@ def client_for(args: argparse.Namespace) -> Client:
 def config_for(args: argparse.Namespace) -> Config:
     """The config named by --config (or the default), with --state-dir/--socket applied."""
     overrides = Overrides(
-        state_dir=Path(args.state_dir) if getattr(args, "state_dir", None) else None,
-        socket=Path(args.socket) if getattr(args, "socket", None) else None,
+        # Absolute: relative to where the command runs, never to a config file's folder.
+        state_dir=Path(args.state_dir).absolute() if getattr(args, "state_dir", None) else None,
+        socket=Path(args.socket).absolute() if getattr(args, "socket", None) else None,
     )
     path = Path(args.config) if getattr(args, "config", None) else default_config_path()
     # A pushed config (edged/remote), when one is active, replaces the local file's.

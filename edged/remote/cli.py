@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged.cli import client_for, emit
-from edged.config import parse_toml_text
+from edged.config import parse_config
 from edged.errors import BadRequest, ConfigError, EdgedError
-from edged.remote.admission import refuse_locked_keys
+from edged.remote.admission import check_signable, refuse_locked_keys, removal_allowed
 from edged.remote.bundle import ALL_DEVICES, encode_bundle, key_id, load_private_key, sign_bundle
 
 
@@ -97,8 +97,12 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as e:
         raise EdgedError(f"{path}: cannot read: {e}") from None
     # Fail here, not on thousands of boxes.
-    refuse_locked_keys(parse_toml(text, path))
-    parse_toml_text(text, source=path.resolve())
+    data = parse_toml(text, path)
+    refuse_locked_keys(data)
+    allow_removal = removal_allowed(data)
+    parse_config(data, source=path.resolve())
+    if not allow_removal:
+        check_signable(data, path)
     bundle = sign_bundle(load_private_key(Path(args.key)), version=args.version, config=text,
                          devices=devices, tags=tuple(args.tag))
     out = encode_bundle(bundle)

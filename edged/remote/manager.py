@@ -22,7 +22,7 @@ from edged.api.system import HealthSource
 from edged.config import Config
 from edged.errors import Conflict, EdgedError, PayloadTooLarge
 from edged.models.contract import GenerateParams, Inference
-from edged.remote.admission import build_config, check_paths
+from edged.remote.admission import build_config, check_keeps, check_paths
 from edged.remote.bundle import Bundle, FleetKeys, parse_bundle
 from edged.remote.history import History, Outcome
 from edged.remote.reload import ReloadTarget, affected, changed_sections, needs_restart
@@ -107,17 +107,19 @@ class RemoteManager:
 
     async def apply(self, raw: bytes, *, source: str, actor: str,
                     wait: bool = False) -> dict[str, Any]:
+        # Admit before the lock: a forged or invalid bundle is refused for what it is, and
+        # recorded, even while another version is on trial.
+        pointer = await asyncio.to_thread(self._versions.read_pointer)
+        bundle, new = await self._admit_or_record(raw, pointer, source, actor)
         if self._lock.locked() or (self._window is not None and not self._window.done()):
             raise Conflict("another config is being applied or is in its health window; "
                            "try again when it is confirmed", code="apply_in_progress")
         async with self._lock:
-            pointer = await asyncio.to_thread(self._versions.read_pointer)
-            try:
-                bundle, new = await self._admit(raw, pointer)
-            except EdgedError as e:
-                await self._history.record(Outcome("rejected", _version_of(raw), source,
-                                                   actor, reason=e.message, code=e.code))
-                raise
+            # Another apply may have switched while this one was being admitted.
+            now = await asyncio.to_thread(self._versions.read_pointer)
+            if now != pointer:
+                pointer = now
+                bundle, new = await self._admit_or_record(raw, pointer, source, actor)
             result = await self._switch(bundle, raw, new, pointer, source, actor)
         if wait:
             outcome = await self.settled()
@@ -125,6 +127,15 @@ class RemoteManager:
                 raise RolledBack(f"config v{bundle.version} was rolled back: {outcome}")
             result["state"] = "confirmed"
         return result
+
+    async def _admit_or_record(self, raw: bytes, pointer: Pointer, source: str,
+                               actor: str) -> tuple[Bundle, Config]:
+        try:
+            return await self._admit(raw, pointer)
+        except EdgedError as e:
+            await self._history.record(Outcome("rejected", _version_of(raw), source,
+                                               actor, reason=e.message, code=e.code))
+            raise
 
     async def is_stale(self, raw: bytes) -> bool:
         """Whether a pulled bundle is one this box has already seen (or older)."""
@@ -145,8 +156,30 @@ class RemoteManager:
         self._check_target(bundle, pointer)
         source = self._versions.toml_path(bundle.version)
         new = build_config(bundle.config, self.config, source)
-        await asyncio.to_thread(check_paths, new, self.config)
+        running_text, local = await asyncio.to_thread(self._baselines, pointer)
+        check_keeps(bundle.config, new, self.config, running_text)
+        await asyncio.to_thread(check_paths, new, self.config, local)
         return bundle, new
+
+    def _baselines(self, pointer: Pointer) -> tuple[str | None, Config | None]:
+        """The running document's text and the local file's config, when they can be read:
+        what a push must keep, and paths the fleet may always put back."""
+        running_text = None
+        if self.config.source is not None:
+            try:
+                running_text = self.config.source.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                log.warning("cannot read the running config %s: %s", self.config.source, e)
+        local_file = self._local_file(pointer)
+        local = None
+        if local_file is not None:
+            path = Path(local_file)
+            try:
+                local = build_config(path.read_text(encoding="utf-8"), self.config, path,
+                                     pushed=False)
+            except (OSError, UnicodeDecodeError, EdgedError) as e:
+                log.warning("cannot read the local config %s: %s", path, e)
+        return running_text, local
 
     def _check_target(self, bundle: Bundle, pointer: Pointer) -> None:
         d = self.config.daemon

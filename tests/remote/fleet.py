@@ -31,8 +31,8 @@ def trust(keys_dir: Path, key: Ed25519PrivateKey) -> Path:
 
 def pushed_doc(state_dir: Path, extra: dict[str, Any] | None = None) -> str:
     """The test base config as a push would carry it: without the keys only the local
-    file may set."""
-    doc = deep_merge(base_config(state_dir), extra or {})
+    file may set, with an [agents] section (`edged config sign` wants one)."""
+    doc = deep_merge(deep_merge(base_config(state_dir), {"agents": {}}), extra or {})
     doc = copy.deepcopy(doc)
     for section, key in LOCKED_KEYS:
         doc.get(section, {}).pop(key, None)

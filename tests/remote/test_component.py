@@ -180,6 +180,15 @@ def test_cli_signs_applies_and_shows(box: Box, tmp_path: Path) -> None:
     local = cli("config", "sign", "--key", str(key_file), "--version", "99", "--all-devices",
                 str(box.daemon.config_path))  # the box's own file names its state_dir
     assert local.returncode == 78 and "daemon.state_dir" in local.stderr
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")  # would wipe every agent and model of the boxes it reaches
+    refused = cli("config", "sign", "--key", str(key_file), "--version", "99", "--all-devices",
+                  str(empty))
+    assert refused.returncode == 78 and "allow_removal = true" in refused.stderr
+    empty.write_text("allow_removal = true\n")
+    meant = cli("config", "sign", "--key", str(key_file), "--version", "99", "--all-devices",
+                "-o", str(tmp_path / "empty.bundle"), str(empty))
+    assert meant.returncode == 0, meant.stderr
 
 
 def test_fleet_key_rotation(box: Box) -> None:

@@ -51,7 +51,9 @@ def test_sigkill_at_every_step_of_an_apply(seeded: Path) -> None:
     (seed / "edged.toml").write_text(dump_toml(local))
     trust(seed / "st" / "keys", key)
     v1 = pushed_doc(Path("st"), {"budget": {"memory": "1GiB"}, "remote": {"pull_interval": 60}})
-    v2 = pushed_doc(Path("st"), {"budget": {"memory": "3GiB"}, "agents": {"session_ttl": 9}})
+    # v1 has a [remote] section, so v2 must too (a push keeps every section).
+    v2 = pushed_doc(Path("st"), {"budget": {"memory": "3GiB"}, "agents": {"session_ttl": 9},
+                                 "remote": {"pull_interval": "15m"}})
     (seeded / "v1.bundle").write_bytes(bundle(key, v1, 1))
     (seeded / "v2.bundle").write_bytes(bundle(key, v2, 2))
     assert _run_child(seed / "edged.toml", seeded / "v1.bundle", 0)
