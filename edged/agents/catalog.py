@@ -216,6 +216,12 @@ class Catalog:
             bare = re.fullmatch(r"(\d{2,4})gb", normalize(value).replace(" ", ""))
             if key == "storage" and bare and f" {bare.group(1)} " in norm:
                 return value  # "midnight 512" next to a line sold in 512GB
+        if key == "color":  # "hazle" is Hazel: a one-word colour name, misspelt
+            said = [w for w in norm.split() if len(w) > 3 and w.isalpha()]
+            for value in sorted(values):
+                if " " not in value and any(similarity(normalize(value), w) >= 0.8
+                                            for w in said):
+                    return value
         return None
 
     def storage_said(self, text: str) -> str | None:

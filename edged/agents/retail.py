@@ -346,7 +346,7 @@ class RetailTools:
         return found.line if found else None
 
     def _quote_items(self, text: str, state: JSON) -> list[JSON]:
-        items = []
+        items, unknown_items = [], []
         for whole in re.split(r"\band\b|,|\bplus\b|\+", text):
             count, part = self._leading_quantity(whole)
             match = self.catalog.match_line(part)
@@ -359,7 +359,7 @@ class RetailTools:
                                    if not w.isdigit())
                 said_count = count is not None or quantity(part) is not None
                 if unknown and said_count:  # "2 flux capacitors" is not dropped unsaid
-                    items.append({"product": unknown[:80], "quantity": 1})
+                    unknown_items.append({"product": unknown[:80], "quantity": 1})
                 continue
             if count is None:
                 count = quantity(" ".join(w for w in words(part) if w not in match.span))
@@ -374,10 +374,13 @@ class RetailTools:
             items.append({"product": f"{name} {attrs}".strip(),
                           "quantity": 1 if count is None else count})
         last = state.get("product")
+        if not items and unknown_items:
+            return unknown_items  # "2 flux capacitors" is not the product last talked about
         if not items and last:  # "how much for 6 of them?": the product and variant last said
             items.append({"product": f"{last} {state.get('attrs', '')}".strip(),
                           "quantity": quantity(text) or 1})
-        return items
+            return items
+        return items + unknown_items
 
     def _leading_quantity(self, part: str) -> tuple[float | None, str]:
         """"3 pixel 9" is 3 of the Pixel 9 (the quantity binds to the product after it),
@@ -495,6 +498,7 @@ _FILLER = frozenset((
     "tell", "if", "it", "there's", "sorry", "instead", "similar", "alternatives", "something",
     "else", "other", "cheaper", "than", "under", "options", "one", "ones",
     "s", "that", "those", "these", "them", "they",  # "what's cheaper than that?" names nothing
+    "ok", "okay", "yes", "yeah", "sure", "thanks", "then", "u",
 ))
 
 

@@ -141,3 +141,20 @@ async def test_vague_need_lists_matching_products(rt: AgentRuntime, said: str, c
     assert all(a["price"] <= (cap or 1e9) for a in result["alternatives"])
     prices = [float(p) for p in re.findall(r"\$(\d+\.\d\d)", turn.reply)]
     assert prices and all(p <= (cap or 1e9) for p in prices)
+
+
+async def test_misspelt_colour_and_bare_storage_are_the_customers(rt: AgentRuntime) -> None:
+    turn = (await talk(rt, "do u hav the pixle 9 pro in hazle 256"))[0]
+    args = turn.actions[0]["arguments"]
+    assert (args["color"], args["storage"]) == ("Hazel", "256GB")
+    assert [v["name"] for v in turn.actions[0]["result"]["variants"]] == [
+        "Google Pixel 9 Pro 256GB Hazel"]
+
+
+async def test_unknown_quote_line_is_said_and_never_replaced(rt: AgentRuntime) -> None:
+    first, second, third = await talk(rt, "quote 2 flux capacitors and 1 pixel 9",
+                                      "quote 2 flux capacitors", "ok quote me one of those")
+    assert "flux capacitors" in first.reply and first.actions[0]["result"]["quoted"]
+    assert "lines" not in second.actions[0]["result"] and "flux capacitors" in second.reply
+    assert [ln["name"] for ln in third.actions[0]["result"]["lines"]] == [
+        "Google Pixel 9 128GB Obsidian"]
