@@ -391,7 +391,8 @@ class RetailTools:
                 continue
             if self.catalog.match_line(after) is not None:
                 word = m.group(1).lower()
-                return (NUMBER_WORDS[word] if word in NUMBER_WORDS else float(word)), after
+                said = NUMBER_WORDS[word] if word in NUMBER_WORDS else float(word)
+                return (int(said) if said == int(said) else said), after
         return None, part
 
     def _resolve(self, items: list[JSON], text: str) -> list[JSON]:
