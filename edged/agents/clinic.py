@@ -72,6 +72,7 @@ RED_FLAGS = (
     r"collapsed", r"fainted",
     r"strokes?", r"face (?:is )?drooping", r"slurred speech", r"seizures?",
     r"anaphyla\w*", r"allergic reaction", r"throat (?:is )?(?:swelling|closing)", r"ambulance",
+    r"(?:this is|its|it is) an emergency", r"medical emergency",
 )
 SELF_HARM = (
     r"suicid\w*", r"kill(?:ing)? myself", r"end(?:ing)? (?:my|it all)(?: own)?(?: life)?",
@@ -338,10 +339,12 @@ class ClinicTools:
                                               {"reference": reference, "priority": priority})
         except EdgedError as e:  # outbox full: the audit keeps e.message, the person gets words
             return {"ticket": None, "reason": reason, "notified": False, "detail": e.message,
+                    "must_say": [EMERGENCY] if reason == "urgent" else [],
                     "summary": f"{NOT_NOTIFIED}{advice}"}
         before = ("I can't cancel or reschedule appointments here, so "
                   if reason == "cancel" else "")
         return {"ticket": ticket, "reason": reason, "notified": True,
+                "must_say": [EMERGENCY] if reason == "urgent" else [],
                 "summary": f"{before}I've asked a staff member to contact you (ticket "
                            f"{ticket}).{advice}"}
 

@@ -239,7 +239,8 @@ class AgentRuntime:
         ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
         actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
         reply, by = await self._writer.write(agent.spec, text, actions)
-        return Turn(session.id, reply, actions, intent, route_ms, reply_by=by)
+        return Turn(session.id, with_required(reply, actions), actions, intent, route_ms,
+                    reply_by=by)
 
     async def _forced(self, agent: Agent, session: Session, peer: Peer, forced: Override,
                       token: str | None, events: EventSink | None) -> Turn:
@@ -251,10 +252,8 @@ class AgentRuntime:
         actions = await self._run_chain(agent, ctx, forced.tool, forced.args, session.state,
                                         events)
         reply = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
-        for sentence in forced.always:
-            if sentence not in reply:
-                reply = f"{reply} {sentence}".strip()
-        return Turn(session.id, reply, actions, forced.tool)
+        return Turn(session.id, with_required(reply, actions, forced.always), actions,
+                    forced.tool)
 
     async def _intent(self, agent: Agent, state: JSON, text: str) -> str | None:
         route = agent.router.route(text, await self._query_vector(agent, text))
@@ -380,6 +379,16 @@ def _next_step(agent: Agent, name: str, args: JSON, result: JSON) -> tuple[str, 
             and not result.get("in_stock_here") and "find_alternatives" in agent.tools):
         return "find_alternatives", {"product": result["product"]}
     return None
+
+
+def with_required(reply: str, actions: list[JSON], always: tuple[str, ...] = ()) -> str:
+    """The reply with every sentence a result marks ``must_say`` (an urgent escalation's
+    emergency advice), whoever wrote it: a model's wording may drop anything else."""
+    required = [*always, *(str(m) for a in actions for m in a["result"].get("must_say", []))]
+    for sentence in required:
+        if sentence not in reply:
+            reply = f"{reply} {sentence}".strip()
+    return reply
 
 
 def _override(agent: Agent, text: str) -> Override | None:
