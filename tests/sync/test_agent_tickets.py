@@ -47,10 +47,14 @@ def test_a_full_outbox_refuses_the_ticket_and_says_so(
                         {"sync": {"max_bytes": "100"}, "audit": {"enabled": False}})
     d = edged(config)
     body = escalate(d)
-    # The agent turns the outbox's 507 into the tool's result, so the person is told.
+    # The agent turns the outbox's 507 into the tool's result: the person is told in plain
+    # words (and, at the clinic, what to do in an emergency); the detail stays for operators.
     (action,) = body["actions"]
-    assert action["result"]["error"] == "outbox_full"
-    assert "outbox is full" in str(body["reply"])
+    assert action["result"]["notified"] is False and action["result"]["ticket"] is None
+    assert "outbox is full" in action["result"]["detail"]
+    assert "couldn't notify staff" in body["reply"]
+    assert "emergency number" in body["reply"]
+    assert "outbox" not in body["reply"]
     health = d.client.get("/health")
     assert health["status"] == "degraded" and health["sync"]["degraded"]
     assert health["sync"]["queued"]["ticket"] == 0
