@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from edged.audit.keys import AuditKeys
+from edged.audit.log import utc_text
 from edged.audit.verify import Bad, Chain, records
 from edged.errors import IntegrityError
-
-
-def time_text(when: datetime) -> str:
-    """The event-time format; such strings sort in time order."""
-    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def export(folder: Path, keys: AuditKeys, *, since: datetime | None = None,
            kinds: Collection[str] = ()) -> Iterator[dict[str, Any]]:
     """Blocking. Every record that authenticates and links, filtered; an ``IntegrityError``
     naming the seq where the chain breaks (after yielding everything before it)."""
-    after = time_text(since) if since else None
+    after = utc_text(since.timestamp()) if since else None
     chain = Chain(keys, {})
     try:
         for raw in records(folder, chain):
