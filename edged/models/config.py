@@ -49,7 +49,7 @@ class ProfileConfig:
     prefer_smaller: bool
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -61,7 +61,7 @@ def default_profile(name: str) -> ProfileConfig:
     key. On battery: half the cores and a short idle timeout; on low battery or when hot:
     one thread and smaller variants, and on low battery only one loaded model."""
     if name == "battery":
-        return ProfileConfig(threads=max(1, _usable_cpus() // 2), idle_unload=60.0,
+        return ProfileConfig(threads=max(1, usable_cpus() // 2), idle_unload=60.0,
                              max_loaded=None, prefer_smaller=False)
     if name == "low_battery":
         return ProfileConfig(threads=1, idle_unload=30.0, max_loaded=1, prefer_smaller=True)

@@ -29,7 +29,7 @@ from edged.errors import BadRequest, Conflict, QueueFull, Unavailable
 from edged.models.backend import Backend, LoadedModel, TokenSink
 from edged.models.budget import Ledger, Shared, mib
 from edged.models.catalog import Catalog
-from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
+from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, usable_cpus
 from edged.models.contract import GenerateParams, Generation
 from edged.models.memory import budget_bytes, read_memory_facts, trim_heap
 from edged.models.metrics import ModelMetrics
@@ -630,7 +630,7 @@ class ModelManager:
         # and the socket on a two-core box (spinning llama.cpp threads that lose their core
         # to another thread stall every token).
         profile = self._settings().threads
-        own = spec.threads or max(1, _usable_cpus() // 2)
+        own = spec.threads or max(1, usable_cpus() // 2)
         return min(own, profile) if profile else own
 
     def _idle_timeout(self) -> float:
@@ -647,14 +647,6 @@ class ModelManager:
             await self._audit.append(kind, "daemon", data)
         except Exception:  # the model event stands; a failing audit log raises its own alarm
             log.exception("could not audit %s", kind)
-
-
-def _usable_cpus() -> int:
-    import os
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int
