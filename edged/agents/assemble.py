@@ -36,15 +36,27 @@ CLINIC = {"check_appointment_availability", "book_appointment", "access_patient_
 async def build_runtime(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
                         models: Inference | None, audit: AuditSink, outbox: OutboxQueue,
                         registry: CollectorRegistry) -> AgentRuntime:
-    sealer = Sealer(await asyncio.to_thread(
+    sealer = await load_sealer(cfg, keys_dir)
+    agents = await build_agents(cfg, keys_dir=keys_dir, store=store, outbox=outbox,
+                                sealer=sealer)
+    return AgentRuntime(agents, SessionStore(store, sealer, cfg.session_ttl), models, audit,
+                        AgentMetrics(registry))
+
+
+async def load_sealer(cfg: AgentsConfig, keys_dir: Path) -> Sealer:
+    return Sealer(await asyncio.to_thread(
         portal.load_or_create_key, cfg.session_key or keys_dir / "sessions.key"))
+
+
+async def build_agents(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
+                       outbox: OutboxQueue, sealer: Sealer) -> dict[str, Agent]:
+    """Every configured agent, built whole; also used by a reload before it swaps them in."""
     tickets = Tickets(store, outbox)
     agents = {}
     for name, spec in cfg.agents.items():
         toolsets = await _toolsets(cfg, spec, keys_dir, store, tickets, sealer)
         agents[name] = await asyncio.to_thread(_agent, spec, toolsets)
-    return AgentRuntime(agents, SessionStore(store, sealer, cfg.session_ttl), models, audit,
-                        AgentMetrics(registry))
+    return agents
 
 
 def _data_file(cfg: AgentsConfig, spec: AgentSpec, name: str) -> Path:

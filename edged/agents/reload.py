@@ -8,15 +8,11 @@ place (it needs a restart), so the push is rolled back rather than half applied.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from edged.agents import portal
-from edged.agents.assemble import _agent, _toolsets
+from edged.agents.assemble import build_agents, load_sealer
 from edged.agents.config import AgentsConfig
-from edged.agents.runtime import Agent, AgentRuntime
-from edged.agents.sessions import Sealer
-from edged.agents.tickets import Tickets
+from edged.agents.runtime import AgentRuntime
 from edged.config import Config
 from edged.errors import ConfigError
 from edged.store import Store
@@ -38,16 +34,8 @@ class AgentsReloader:
             if getattr(cfg, key) != getattr(self._cfg, key):
                 raise ConfigError(f"agents.{key}: cannot change while edged runs; "
                                   "it needs a restart", code="restart_required")
-        agents = await self._build(cfg)
+        agents = await build_agents(cfg, keys_dir=self._keys_dir, store=self._store,
+                                    outbox=self._outbox,
+                                    sealer=await load_sealer(cfg, self._keys_dir))
         self._runtime.agents = agents
         self._cfg = cfg
-
-    async def _build(self, cfg: AgentsConfig) -> dict[str, Agent]:
-        key_file = cfg.session_key or self._keys_dir / "sessions.key"
-        sealer = Sealer(await asyncio.to_thread(portal.load_or_create_key, key_file))
-        tickets = Tickets(self._store, self._outbox)
-        agents = {}
-        for name, spec in cfg.agents.items():
-            toolsets = await _toolsets(cfg, spec, self._keys_dir, self._store, tickets, sealer)
-            agents[name] = await asyncio.to_thread(_agent, spec, toolsets)
-        return agents
