@@ -11,7 +11,6 @@ import shutil
 import signal
 import sqlite3
 import struct
-import subprocess
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -25,10 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edged.audit.checkpoints import Checkpoint
 from edged.audit.frames import list_segments
 from edged.client import ApiError
+from tests.api.curl import NO_ROLE_USER, curl
 from tests.audit.helpers import frame_of
 from tests.edgedtest import RunningDaemon, base_config, cli, deep_merge, running, short_tmpdir
-
-NO_ROLE_USER = "daemon"  # in no edged group: refused
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +49,6 @@ def exported(state: Path, *extra: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def curl(d: RunningDaemon, path: str, user: str) -> int:
-    entry = pwd.getpwnam(user)
-    out = subprocess.run(["curl", "-sS", "--unix-socket", str(d.socket), "-o", "/dev/null",
-                          "-w", "%{http_code}", f"http://edged{path}"],
-                         capture_output=True, check=True, timeout=60, user=entry.pw_uid,
-                         group=entry.pw_gid, extra_groups=[])
-    return int(out.stdout)
-
-
 def test_requests_are_recorded_before_they_are_answered(daemon: RunningDaemon) -> None:
     health = daemon.client.get("/health")
     assert health["audit"]["seq"] >= 1
@@ -74,7 +63,7 @@ def test_requests_are_recorded_before_they_are_answered(daemon: RunningDaemon) -
 
 
 def test_role_refusals_are_recorded(daemon: RunningDaemon) -> None:
-    assert curl(daemon, "/admin/audit/verify", NO_ROLE_USER) == 403
+    assert curl(daemon, "/admin/audit/verify", user=NO_ROLE_USER)[0] == 403
     uid = pwd.getpwnam(NO_ROLE_USER).pw_uid
     refused = exported(daemon.state_dir, "--kind", "api.refused")
     assert any(e["data"]["uid"] == uid and e["data"]["route"] == "/admin/audit/verify"
