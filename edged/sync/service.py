@@ -144,10 +144,8 @@ class SyncService:
         return swap
 
     async def _swap_in(self, swap: _Swap) -> None:
-        old, self._parts = self._parts, swap.parts
-        self._bound(swap.parts.cfg.max_bytes)
         try:
-            await self._retire(old)
+            await self._replace(swap.parts)
         finally:
             if not swap.done.done():
                 swap.done.set_result(None)
@@ -162,14 +160,17 @@ class SyncService:
             if new.cloud is not None:
                 await new.cloud.__aenter__()  # loads ca_file: a bad one refuses the push here
             if not self._running:
-                old, self._parts = self._parts, new
-                self._bound(cfg.max_bytes)
-                await self._retire(old)
+                await self._replace(new)
                 return
             swap = _Swap(new, asyncio.get_running_loop().create_future())
             await self._swaps.put(swap)
             await swap.done
         log.info("sync reloaded: endpoint %s", cfg.endpoint or "not set (queueing only)")
+
+    async def _replace(self, new: _Parts) -> None:
+        old, self._parts = self._parts, new
+        self._bound(new.cfg.max_bytes)
+        await self._retire(old)
 
     def _bound(self, max_bytes: int) -> None:
         if max_bytes > self.outbox.max_bytes:
