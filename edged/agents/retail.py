@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 from edged.agents.catalog import CATEGORY_WORDS, COLOR_WORDS, Catalog, Line, Product
 from edged.agents.config import AgentSpec
@@ -547,8 +547,3 @@ def _ticket_topic(text: str) -> str:
         if any(c in low for c in cues):
             return topic
     return "other"
-
-
-def extracted(args: dict[str, Any]) -> dict[str, Any]:
-    """Arguments without the empty ones."""
-    return {k: v for k, v in args.items() if v not in (None, "", [])}

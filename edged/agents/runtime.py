@@ -430,10 +430,6 @@ def _clarify(agent: Agent) -> str:
     return f"Sorry, I didn't catch that. I can help with: {what}. Could you rephrase?"
 
 
-def tool_specs(agent: Agent) -> list[JSON]:
-    return [tool.spec() for tool, _ in agent.tools.values()]
-
-
 def describe(agent: Agent) -> dict[str, Any]:
     return {"name": agent.spec.name, "description": agent.spec.description,
             "model": agent.spec.model, "tools": list(agent.tools),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
 from difflib import SequenceMatcher
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
@@ -33,21 +32,6 @@ def normalize(text: str) -> str:
 
 def similarity(a: str, b: str) -> float:
     return SequenceMatcher(None, a, b).ratio()
-
-
-def token_overlap(query: Iterable[str], name: Iterable[str]) -> float:
-    """Share of the name's tokens found (exactly or nearly) in the query."""
-    q = list(query)
-    n = list(name)
-    if not n:
-        return 0.0
-    hits = 0.0
-    for tok in n:
-        if tok in q:
-            hits += 1
-        elif len(tok) > 3 and any(similarity(tok, w) >= 0.8 for w in q):
-            hits += 0.8
-    return hits / len(n)
 
 
 def quantity(text: str) -> int | None:

@@ -96,9 +96,6 @@ class VersionDir:
                               "recorded when it was applied")
         return raw.decode()
 
-    def read_bundle(self, version: int) -> bytes:
-        return (self.folder / f"v{version}.bundle").read_bytes()
-
 
 def _write_durably(path: Path, data: bytes, *, sync_dir: bool) -> None:
     try:
