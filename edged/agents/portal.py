@@ -17,6 +17,7 @@ import secrets
 import time
 from pathlib import Path
 
+from edged.durable import fsync_dir
 from edged.errors import Unauthorized
 
 TOKEN_RE = re.compile(r"\bv1\.[A-Za-z0-9_-]{10,400}\.[A-Za-z0-9_-]{20,100}\b")
@@ -54,6 +55,7 @@ def load_or_create_key(path: Path) -> bytes:
             f.write(key)
             f.flush()
             os.fsync(f.fileno())
+        fsync_dir(path.parent)  # sessions sealed with it are unreadable if the name is lost
     if len(key) != 32:
         raise Unauthorized(f"{path}: a key must be 32 bytes")
     return key
