@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.agents.config import AgentsConfig, parse_agents
+from edged.agents.kit import discover as discover_kits
 from edged.audit.config import AuditConfig, parse_audit
 from edged.errors import ConfigError
 from edged.models.config import ModelsConfig, parse_models
@@ -134,7 +135,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None,
         daemon=daemon,
         logging=_parse_logging(root.table("logging")),
         models=parse_models(root, daemon.state_dir),
-        agents=parse_agents(root.table("agents")),
+        agents=parse_agents(root.table("agents"), discover_kits()),
         audit=parse_audit(root.table("audit")),
         sync=parse_sync(root.table("sync")),
         remote=parse_remote(root.table("remote")),

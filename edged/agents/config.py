@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from edged.errors import ConfigError
 from edged.tomlreader import Table
-
-
-@dataclass(frozen=True)
-class Discount:
-    """``percent`` off a line with at least ``min_quantity`` units, or off the whole quote
-    when its subtotal reaches ``min_subtotal``."""
-
-    percent: float
-    min_quantity: int | None
-    min_subtotal: float | None
 
 
 @dataclass(frozen=True)
@@ -36,11 +29,9 @@ class AgentSpec:
     model_slots: bool  # ask the model (grammar-constrained JSON) when extraction falls short
     model_reply: bool  # let the model write the reply (checked; a template otherwise)
     reply_max_tokens: int
-    store: str  # retail: the store this kiosk stands in
-    currency: str
-    tax_rate: float
-    discounts: tuple[Discount, ...]
-    portal_key: Path | None  # clinic: HMAC key of portal tokens (default <keys>/portal.key)
+    kits: tuple[str, ...]  # the kits whose tools this agent uses
+    options: Mapping[str, Any]  # kit name -> that kit's parsed options for this agent
+    portal_key: Path | None  # HMAC key of signed portal tokens (default <keys>/portal.key)
 
 
 @dataclass(frozen=True)
@@ -51,32 +42,20 @@ class AgentsConfig:
     session_key: Path | None  # AES-256 key of PHI sessions (default <keys>/sessions.key)
 
 
-def _parse_discount(t: Table) -> Discount:
-    d = Discount(percent=t.float("percent", min=0, max=100),
-                 min_quantity=t.int("min_quantity", None, min=1),
-                 min_subtotal=t.float("min_subtotal", None, min=0))
-    t.done()
-    if (d.min_quantity is None) == (d.min_subtotal is None):
-        raise ConfigError(f"{t.key('min_quantity')}: give exactly one of min_quantity or "
-                          "min_subtotal")
-    return d
-
-
-def _parse_discounts(t: Table) -> tuple[Discount, ...]:
-    raw = t.raw("discounts", [])
-    if not isinstance(raw, list) or not all(isinstance(d, dict) for d in raw):
-        raise ConfigError(f"{t.key('discounts')}: expected a list of tables")
-    return tuple(_parse_discount(Table(d, f"{t.key('discounts')}[{i}]", t.base_dir))
-                 for i, d in enumerate(raw))
-
-
-def _parse_agent(name: str, t: Table) -> AgentSpec:
+def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions]) -> AgentSpec:
+    tools = t.str_list("tools", ())
+    known = {n for kit in kits.values() for n in kit.tool_names}
+    unknown = sorted(set(tools) - known)
+    if unknown:
+        raise ConfigError(f"{t.key('tools')}: unknown tool {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
+    used = tuple(k for k, kit in kits.items() if kit.tool_names & set(tools))
     spec = AgentSpec(
         name=name,
         description=t.str("description", ""),
         instructions=t.str("instructions", ""),
         model=t.str("model"),
-        tools=t.str_list("tools", ()),
+        tools=tools,
         allowed_groups=t.str_list("allowed_groups", ()),
         max_steps=t.int("max_steps", 4, min=1, max=32),
         tool_timeout=t.duration("tool_timeout", 10.0),
@@ -87,11 +66,9 @@ def _parse_agent(name: str, t: Table) -> AgentSpec:
         model_slots=t.bool("model_slots", True),
         model_reply=t.bool("model_reply", True),
         reply_max_tokens=t.int("reply_max_tokens", 48, min=8, max=512),
-        store=t.str("store", ""),
-        currency=t.str("currency", "USD"),
-        tax_rate=t.float("tax_rate", 0.0, min=0, max=1),
-        discounts=_parse_discounts(t),
         portal_key=t.path("portal_key", None),
+        kits=used,
+        options=MappingProxyType({k: kits[k].parse_options(t) for k in used}),
     )
     t.done()
     if spec.examples_file is not None and not spec.examples_file.is_file():
@@ -102,7 +79,15 @@ def _parse_agent(name: str, t: Table) -> AgentSpec:
 _TOP_KEYS = ("data_dir", "session_ttl", "session_key")
 
 
-def parse_agents(t: Table) -> AgentsConfig:
+class KitOptions(Protocol):
+    """The part of a kit that config parsing needs (see edged/agents/kit.py)."""
+
+    tool_names: frozenset[str]
+
+    def parse_options(self, t: Table) -> Any: ...
+
+
+def parse_agents(t: Table, kits: Mapping[str, KitOptions]) -> AgentsConfig:
     data_dir = t.path("data_dir", None)
     # Checked here, before the daemon creates any state: a copied config whose relative
     # paths no longer reach the seed data must fail before a database or keys appear.
@@ -114,7 +99,7 @@ def parse_agents(t: Table) -> AgentsConfig:
     for name in list(t.keys()):
         if name in _TOP_KEYS:
             continue
-        agents[name] = _parse_agent(name, t.table(name))
+        agents[name] = _parse_agent(name, t.table(name), kits)
     t.done()
     return AgentsConfig(agents=agents, data_dir=data_dir, session_ttl=ttl,
                         session_key=session_key)

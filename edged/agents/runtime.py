@@ -16,15 +16,17 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from edged.agents import portal
 from edged.agents.config import AgentSpec
+from edged.agents.kit import Asking, Chaining, HandingOff, Override, Overriding, Toolset
 from edged.agents.metrics import AgentMetrics
 from edged.agents.reply import ReplyWriter
 from edged.agents.router import Router
 from edged.agents.sessions import Session, SessionStore
 from edged.agents.slotfill import SlotFiller
+from edged.agents.tickets import NOT_NOTIFIED
 from edged.agents.tools import JSON, Tool, ToolContext, validate
 from edged.api.peer import Peer, Role
 from edged.audit.sink import AuditSink
@@ -35,59 +37,12 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2000
 CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
-QUESTIONS = {
-    "product": "Which product do you mean?",
-    "items": "Which products would you like priced, and how many of each?",
-    "provider": "Which doctor or kind of appointment would you like?",
-    "date": "Which day would suit you?",
-    "time": "What time would you like?",
-    "patient_name": "May I have the patient's full name?",
-    "section": "Would you like your appointments, results, prescriptions or billing?",
-}
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
-FOLLOWABLE = {"check_inventory", "find_alternatives", "create_price_quote",
-              "check_appointment_availability", "book_appointment", "access_patient_portal"}
-HANDOFF_TOOLS = ("create_ticket", "escalate_to_human")
 _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
                      r"(?:talk|speak) to (?:someone|somebody))\b", re.I)
 FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
-NOT_NOTIFIED = "I couldn't notify staff automatically — please ask at the front desk."
 
 EventSink = Callable[[JSON], Awaitable[None]]
-
-
-class Toolset(Protocol):
-    def tools(self) -> list[Tool]: ...
-
-    def extract(self, tool_name: str, text: str, state: JSON) -> JSON: ...
-
-    def check(self, tool_name: str, args: JSON) -> bool: ...
-
-    def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None: ...
-
-    def mask(self, text: str) -> str: ...
-
-    def mentions(self, text: str) -> bool:
-        """Does the text carry something a follow-up would refine (a product, a color, a
-        day)?"""
-        ...
-
-
-@dataclass(frozen=True)
-class Override:
-    """A turn decided in code before routing (a red flag, a request the tools cannot do):
-    the tool to run, its arguments, and sentences the reply always carries."""
-
-    tool: str
-    args: JSON
-    always: tuple[str, ...] = ()
-
-
-@runtime_checkable
-class Overriding(Protocol):
-    def override(self, text: str) -> Override | None:
-        """The turn this text forces, whatever routing or a pending question would pick."""
-        ...
 
 
 @dataclass
@@ -232,7 +187,7 @@ class AgentRuntime:
         missing = [k for k in tool.schema["required"] if k not in args]
         if missing:
             state["pending"] = {"tool": tool.name, "args": args}
-            return Turn(session.id, QUESTIONS.get(missing[0], "Could you tell me a bit more?"),
+            return Turn(session.id, _question(tool, toolset, missing[0]),
                         [], intent, route_ms, {"tool": tool.name, "arguments": args,
                                                "missing": missing})
         state.pop("pending", None)
@@ -265,7 +220,7 @@ class AgentRuntime:
         if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
             return str(pending["tool"])
         last = state.get("last_tool")
-        if (last in agent.tools and last in FOLLOWABLE and route.score < CONFIDENT
+        if (last in agent.tools and last != handoff and route.score < CONFIDENT
                 and _looks_like_followup(text) and agent.tools[last][1].mentions(text)):
             return str(last)
         if strong is not None and strong not in agent.tools and strong not in agent.replies:
@@ -363,7 +318,7 @@ class AgentRuntime:
                                           "That took too long; please try again."}
         except EdgedError as e:
             outcome, result = e.code, {"error": e.code, "summary": e.message}
-            if name in HANDOFF_TOOLS:  # a person asking for staff gets words, not internals
+            if name == _handoff_tool(agent):  # a person asking for staff gets words, not internals
                 result.update(detail=e.message, summary=NOT_NOTIFIED)
         duration = time.perf_counter() - started
         self._metrics.tool_calls.labels(agent.spec.name, name, outcome).inc()
@@ -374,11 +329,19 @@ class AgentRuntime:
 
 
 def _next_step(agent: Agent, name: str, args: JSON, result: JSON) -> tuple[str, JSON] | None:
-    """Out of stock here: look for alternatives at once, as a shop assistant would."""
-    if (name == "check_inventory" and result.get("carried") and result.get("variant_found")
-            and not result.get("in_stock_here") and "find_alternatives" in agent.tools):
-        return "find_alternatives", {"product": result["product"]}
-    return None
+    """A kit's follow-up chain (out of stock here -> alternatives), within the allowlist."""
+    toolset = agent.tools[name][1] if name in agent.tools else None
+    step = toolset.follow_up(name, args, result) if isinstance(toolset, Chaining) else None
+    return step if step is not None and step[0] in agent.tools else None
+
+
+def _question(tool: Tool, toolset: Toolset, slot: str) -> str:
+    """The kit's question for a missing slot, or one made from the parameter's description."""
+    asked = toolset.question(tool.name, slot) if isinstance(toolset, Asking) else None
+    if asked:
+        return asked
+    about = tool.schema["properties"].get(slot, {}).get("description") or slot.replace("_", " ")
+    return f"Could you tell me {about}?"
 
 
 def with_required(reply: str, actions: list[JSON], always: tuple[str, ...] = ()) -> str:
@@ -413,7 +376,11 @@ def _clean(args: JSON) -> JSON:
 
 
 def _handoff_tool(agent: Agent) -> str | None:
-    return next((n for n in HANDOFF_TOOLS if n in agent.tools), None)
+    """The tool that hands a conversation to a person, as its kit names it."""
+    for name, (_, toolset) in agent.tools.items():
+        if isinstance(toolset, HandingOff) and toolset.handoff == name:
+            return name
+    return None
 
 
 def _asks_for_person(text: str) -> bool:

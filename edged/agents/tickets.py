@@ -11,6 +11,8 @@ from typing import Any
 from edged.store import Store
 from edged.sync.queue import TICKET, OutboxQueue
 
+NOT_NOTIFIED = "I couldn't notify staff automatically — please ask at the front desk."
+
 
 class Tickets:
     def __init__(self, store: Store, outbox: OutboxQueue) -> None:

@@ -12,11 +12,11 @@ import time
 import uuid
 from typing import Annotated, Literal, TypedDict
 
-from edged.agents.catalog import CATEGORY_WORDS, COLOR_WORDS, Catalog, Line, Product
-from edged.agents.config import AgentSpec
 from edged.agents.slots import NUMBER_WORDS, money, normalize, quantity, words
 from edged.agents.tickets import Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
+from edged.kits.retail.catalog import CATEGORY_WORDS, COLOR_WORDS, Catalog, Line, Product
+from edged.kits.retail.options import RetailOptions
 from edged.store import Store
 
 # The most units one quote line takes: more is a typo or a joke, and the kiosk asks
@@ -40,13 +40,22 @@ def _row(p: Product, stock: dict[str, int], here: str) -> JSON:
             "elsewhere": {s: q for s, q in stock.items() if s != here and q > 0}}
 
 
+QUESTIONS = {
+    "product": "Which product do you mean?",
+    "items": "Which products would you like priced, and how many of each?",
+}
+
+
 class RetailTools:
-    def __init__(self, spec: AgentSpec, store: Store, catalog: Catalog, tickets: Tickets) -> None:
-        self._spec = spec
+    handoff = "create_ticket"
+
+    def __init__(self, options: RetailOptions, store: Store, catalog: Catalog,
+                 tickets: Tickets) -> None:
+        self._options = options
         self._store = store
         self.catalog = catalog
         self._tickets = tickets
-        self.here = spec.store or next(iter(catalog.stores), "")
+        self.here = options.store or next(iter(catalog.stores), "")
 
     def tools(self) -> list[Tool]:
         return collect(self)
@@ -252,7 +261,7 @@ class RetailTools:
         return chosen[0], None
 
     def _price_line(self, p: Product, qty: int) -> JSON:
-        percent = max((d.percent for d in self._spec.discounts
+        percent = max((d.percent for d in self._options.discounts
                        if d.min_quantity is not None and qty >= d.min_quantity), default=0.0)
         gross = round(p.price * qty, 2)
         return {"sku": p.sku, "name": p.name, "quantity": qty, "unit_price": p.price,
@@ -260,14 +269,14 @@ class RetailTools:
 
     async def _save_quote(self, ctx: ToolContext, lines: list[JSON], missing: list[str]) -> JSON:
         subtotal = round(sum(line["amount"] for line in lines), 2)
-        percent = max((d.percent for d in self._spec.discounts
+        percent = max((d.percent for d in self._options.discounts
                        if d.min_subtotal is not None and subtotal >= d.min_subtotal), default=0.0)
         discounted = round(subtotal * (1 - percent / 100), 2)
-        tax = round(discounted * self._spec.tax_rate, 2)
+        tax = round(discounted * self._options.tax_rate, 2)
         quote = {"id": f"Q-{uuid.uuid4().hex[:8].upper()}", "lines": lines,
                  "subtotal": subtotal, "order_discount_percent": percent,
-                 "tax_rate": self._spec.tax_rate, "tax": tax,
-                 "total": round(discounted + tax, 2), "currency": self._spec.currency}
+                 "tax_rate": self._options.tax_rate, "tax": tax,
+                 "total": round(discounted + tax, 2), "currency": self._options.currency}
         async with self._store.transaction() as db:
             await db.execute("INSERT INTO price_quotes (id, agent, created, body) VALUES "
                              "(?, ?, ?, ?)", (quote["id"], ctx.agent, time.time(),
@@ -303,7 +312,18 @@ class RetailTools:
                 "summary": f"I've asked a staff member to help with your {topic} request "
                            f"(ticket {ticket}); someone will be with you shortly."}
 
-    # -- finding arguments in text
+    # -- dialogue hooks (edged/agents/kit.py)
+
+    def question(self, tool_name: str, slot: str) -> str | None:
+        return QUESTIONS.get(slot)
+
+    def follow_up(self, tool_name: str, args: JSON, result: JSON) -> tuple[str, JSON] | None:
+        """Out of stock here: look for alternatives at once, as a shop assistant would."""
+        if (tool_name == "check_inventory" and result.get("carried")
+                and result.get("variant_found") and not result.get("in_stock_here")):
+            return "find_alternatives", {"product": result["product"]}
+        return None
+
 
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         """Arguments for ``tool_name`` found in ``text``; the last product fills a gap."""

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from edged.agents import portal
-from edged.agents.catalog import read_seed
 from edged.agents.config import AgentSpec
-from edged.agents.runtime import NOT_NOTIFIED, Override
+from edged.agents.kit import Override, read_seed
 from edged.agents.sessions import Sealer
 from edged.agents.slots import normalize, parse_date, parse_time, part_of_day, similarity, words
-from edged.agents.tickets import Tickets
+from edged.agents.tickets import NOT_NOTIFIED, Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
 from edged.errors import BadRequest, EdgedError, Unauthorized
 from edged.store import Store
@@ -105,7 +104,18 @@ class Provider:
         return out
 
 
+QUESTIONS = {
+    "provider": "Which doctor or kind of appointment would you like?",
+    "date": "Which day would suit you?",
+    "time": "What time would you like?",
+    "patient_name": "May I have the patient's full name?",
+    "section": "Would you like your appointments, results, prescriptions or billing?",
+}
+
+
 class ClinicTools:
+    handoff = "escalate_to_human"
+
     def __init__(self, spec: AgentSpec, store: Store, providers: list[Provider],
                  patients: dict[str, JSON], tickets: Tickets, portal_key: bytes,
                  sealer: Sealer, clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
@@ -348,7 +358,11 @@ class ClinicTools:
                 "summary": f"{before}I've asked a staff member to contact you (ticket "
                            f"{ticket}).{advice}"}
 
-    # -- finding arguments in text
+    # -- dialogue hooks (edged/agents/kit.py)
+
+    def question(self, tool_name: str, slot: str) -> str | None:
+        return QUESTIONS.get(slot)
+
 
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         today = self._clock().date()

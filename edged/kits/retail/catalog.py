@@ -6,16 +6,14 @@ answers "which product does this text mean" without a query per keystroke.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from edged.agents.kit import read_seed
 from edged.agents.slots import normalize, similarity, words
-from edged.errors import ConfigError
 from edged.store import Store
 
 CATEGORY_WORDS = {
@@ -265,15 +263,6 @@ def _find(tok: str, query: Iterable[str]) -> str | None:
     # "watch" for "watch7": a word that the model number only extends
     return next((w for w in q if len(w) >= 4 and tok.startswith(w)
                  and tok[len(w):].isdigit()), None)
-
-
-def read_seed(path: Path) -> tuple[dict[str, Any], str]:
-    try:
-        raw = path.read_bytes()
-        data = json.loads(raw)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"agents.data_dir: cannot read {path}: {e}") from None
-    return data, hashlib.sha256(raw).hexdigest()
 
 
 async def seed_catalog(store: Store, path: Path) -> None:
