@@ -5,6 +5,11 @@ carries the file in chunks; it is assembled once into ``models.cache_dir`` (writ
 temporary name, fsynced, renamed, so a crash never leaves a half file under the real name).
 The sha256 is checked before the first load and again whenever the file's size, mtime or
 inode change, so a swapped or damaged file is refused, not loaded.
+
+A packaged ONNX encoder (``format = "onnx"`` with a ``package``) carries weights, not a
+graph: its graph is built once into the cache, named by the weights' pinned sha256
+(``edged/models/packaged_encoder.py``), and checked against the sha256 its build recorded;
+a damaged graph is rebuilt from the (re-checked) weights.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from edged.errors import IntegrityError, NotFound, Unavailable
+from edged.errors import BadRequest, IntegrityError, NotFound, Unavailable
+from edged.models import packaged_encoder
 from edged.models.config import ModelsConfig, ModelSpec
+from edged.models.memory import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class Catalog:
         if spec.path is not None:
             return spec.path
         assert spec.package is not None
+        if _is_encoder(spec):
+            return self._cfg.cache_dir / f"{spec.package}-{spec.sha256}.onnx"
         return self._cfg.cache_dir / _package_file_name(_import(spec))
 
     def size_bytes(self, spec: ModelSpec) -> int | None:
@@ -80,15 +89,21 @@ class Catalog:
         if spec.package is None or self.path_of(spec).exists():
             return None
         try:
+            if _is_encoder(spec):  # the weights it will be built from
+                source = packaged_encoder.locate(spec.package, spec.alias)
+                return source.archive, packaged_encoder.weights_size(source)
             chunks = _chunks(_import(spec))
             return chunks[0], sum(p.stat().st_size for p in chunks)
-        except (OSError, IndexError, Unavailable):
+        except (OSError, IndexError, KeyError, Unavailable, IntegrityError):
             return None
 
     async def resolve(self, spec: ModelSpec) -> Path:
         """The checked file for ``spec``: assembled if needed, sha256 verified if changed."""
         path = self.path_of(spec)
         async with self._locks.setdefault(path, asyncio.Lock()):
+            if _is_encoder(spec):
+                await self._resolve_encoder(spec, path)
+                return path
             if spec.package is not None and not path.exists():
                 await asyncio.to_thread(assemble, _import(spec), path)
             if not path.exists():
@@ -111,6 +126,57 @@ class Catalog:
                 "refusing to load it (replace the file or fix models."
                 f"{spec.alias}.sha256)", code="sha256_mismatch")
         self._verified[path] = stamp
+
+    async def _resolve_encoder(self, spec: ModelSpec, graph: Path) -> None:
+        """Build the graph if the cache has no whole build of these weights, or rebuild it if
+        it no longer matches the sha256 its build recorded; then check it once per change."""
+        assert spec.sha256 is not None
+        stamp = await asyncio.to_thread(_stamp_or_none, graph)
+        if stamp is not None and self._verified.get(graph) == stamp:
+            return
+        self._verified.pop(graph, None)
+        for attempt in (1, 2):
+            expected = await asyncio.to_thread(packaged_encoder.expected_graph_sha, graph,
+                                               spec.sha256)
+            digest = await asyncio.to_thread(_sha256, graph) if expected else None
+            if digest is not None and digest == expected:
+                break
+            if attempt == 2:
+                raise IntegrityError(
+                    f"models.{spec.alias}: the graph just built at {graph} does not match its "
+                    f"build record (sha256 {digest}, expected {expected}); refusing to load "
+                    f"it (check the disk under {graph.parent})", code="sha256_mismatch")
+            if digest is not None:
+                log.warning("models.%s: cached graph %s has sha256 %s, its build recorded %s; "
+                            "rebuilding it", spec.alias, graph, digest, expected)
+            await asyncio.to_thread(_build_encoder, spec, graph)
+        limit = await asyncio.to_thread(packaged_encoder.max_positions, graph)
+        if spec.context > limit:
+            raise BadRequest(f"models.{spec.alias}.context: {spec.context} is more than the "
+                             f"{limit} positions the model has", code="context_too_long")
+        self._verified[graph] = await asyncio.to_thread(_stamp, graph)
+
+
+def _is_encoder(spec: ModelSpec) -> bool:
+    return spec.format == "onnx" and spec.package is not None
+
+
+def _build_encoder(spec: ModelSpec, graph: Path) -> None:
+    """Blocking: build from the package's weights; the build's buffers (a few times the
+    weights) go back to the OS right after."""
+    assert spec.package is not None and spec.sha256 is not None
+    try:
+        packaged_encoder.build_cached(packaged_encoder.locate(spec.package, spec.alias),
+                                      spec.sha256, graph)
+    finally:
+        trim_heap()
+
+
+def _stamp_or_none(path: Path) -> _Stamp | None:
+    try:
+        return _stamp(path)
+    except FileNotFoundError:
+        return None
 
 
 def _import(spec: ModelSpec) -> ModuleType:

@@ -116,8 +116,20 @@ def _parse_spec(alias: str, t: Table) -> ModelSpec:
         embedding=t.bool("embedding", True),
         kind=t.choice("kind", ("chat", "embedding", "classifier"), "chat"),
     )
+    if fmt == "onnx" and package is not None:
+        _check_packaged_encoder(spec, t)
     t.done()
     return spec
+
+
+def _check_packaged_encoder(spec: ModelSpec, t: Table) -> None:
+    """A packaged ONNX model carries weights that edged builds a graph from; the pin on
+    those weights is what names the built graph, so it is required."""
+    if spec.sha256 is None:
+        raise ConfigError(f"{t.key('sha256')}: a packaged ONNX encoder needs the sha256 of "
+                          "its model.safetensors")
+    if spec.kind != "embedding":
+        raise ConfigError(f"{t.key('kind')}: a packaged ONNX encoder is kind = \"embedding\"")
 
 
 def _parse_budget(t: Table) -> BudgetConfig:

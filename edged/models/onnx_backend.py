@@ -6,10 +6,12 @@ box that serves only GGUF models should not pay for it.
 
 Estimate: the initializer (weight) bytes, read by walking the ONNX protobuf's wire format
 (ModelProto.graph.initializer: dims x element size) over an mmap of the file, plus an
-allowance for onnxruntime itself and activations. Why not the ``onnx`` package: it is a
-large dependency with its own protobuf pin, used here for one sum; onnxruntime cannot
-report initializer sizes without materialising the session, which is the cost we want to
-know beforehand. The walk also rejects a truncated or non-ONNX file before any load.
+allowance for onnxruntime itself and activations. Why not the ``onnx`` package (a runtime
+dependency, for building packaged encoders): parsing a model into protobuf objects for one
+sum costs the model's size in memory, and onnxruntime cannot report initializer sizes
+without materialising the session, which is the cost we want to know beforehand. The walk
+also rejects a truncated or non-ONNX file before any load. A packaged encoder not built
+yet is described by its weights' size (``prime``).
 
 Text -> tensors follows one of two contracts, picked from the graph's inputs
 (docs/models.md, "ONNX text models"):
@@ -153,10 +155,25 @@ def _is_punct(ch: str) -> bool:
     return ascii_punct or unicodedata.category(ch).startswith("P")
 
 
+# The CJK Unified Ideographs blocks BERT isolates as words of their own (Hugging Face's
+# ``BertNormalizer`` list; other CJK scripts, kana and hangul, are split like any letters).
+_CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+        (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+
 def _is_cjk(ch: str) -> bool:
     cp = ord(ch)
-    return 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF \
-        or 0x20000 <= cp <= 0x2FA1F
+    return any(low <= cp <= high for low, high in _CJK)
+
+
+def _clean(ch: str) -> str:
+    """BERT's text cleaning of one character, as Hugging Face's: NUL, U+FFFD, control,
+    format and private-use characters go (unassigned ones stay); whitespace becomes a space."""
+    if ch in "\t\n\r":
+        return " "
+    if ch in "\x00\ufffd" or unicodedata.category(ch) in ("Cc", "Cf", "Co"):
+        return ""
+    return " " if ch.isspace() else ch
 
 
 def _has_ascii_upper(token: str) -> bool:
@@ -188,10 +205,10 @@ class WordPiece:
         return cls({token: i for i, token in enumerate(lines) if token})
 
     def basic(self, text: str) -> list[str]:
-        text = "".join(" " if ch.isspace() else ch for ch in text
-                       if ch.isprintable() or ch.isspace())
-        if self.lowercase:
-            text = "".join(ch for ch in unicodedata.normalize("NFD", text.lower())
+        text = "".join(map(_clean, text))
+        if self.lowercase:  # as Hugging Face's: accents off first, then per-character
+            # lowercase (so no final-sigma rule: a word-final capital sigma stays U+03C3)
+            text = "".join(ch.lower() for ch in unicodedata.normalize("NFD", text)
                            if unicodedata.category(ch) != "Mn")
         words: list[str] = []
         for chunk in text.split():
@@ -378,8 +395,17 @@ class OnnxBackend:
 
     format = "onnx"
 
+    def __init__(self) -> None:
+        self._primed: dict[Path, int] = {}  # graph not built yet -> its weights' bytes
+
+    def prime(self, path: Path, source: Path, size: int) -> None:
+        """Describe ``path``, a packaged encoder's graph not built yet, by its weights (the
+        graph holds them all, as float32 like the safetensors)."""
+        self._primed[path] = size
+
     def estimate(self, spec: ModelSpec, path: Path, threads: int) -> int:
-        weights = initializer_bytes(path)
+        primed = self._primed.get(path)
+        weights = primed if primed is not None and not path.exists() else initializer_bytes(path)
         return weights + BASE_ALLOWANCE + int(weights * ACTIVATION_SHARE)
 
     def load(self, spec: ModelSpec, path: Path, threads: int) -> OnnxModel:
