@@ -146,7 +146,7 @@ def _attention(g: _Graph, x: str, bias: str, prefix: str, shape: BertShape) -> s
 
 def _gelu(g: _Graph, x: str) -> str:
     """0.5 x (1 + erf(x / sqrt 2)): BERT's exact GELU (onnxruntime fuses it into one op)."""
-    erf = g.op("Erf", g.op("Mul", x, g.const("inv_sqrt2", _scalar(1 / math.sqrt(2)))))
+    erf = g.op("Erf", g.op("Div", x, g.const("sqrt2", _scalar(math.sqrt(2)))))
     return g.op("Mul", g.op("Mul", x, g.op("Add", erf, g.const("one_f", _scalar(1.0)))),
                 g.const("half", _scalar(0.5)))
 

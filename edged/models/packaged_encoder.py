@@ -31,7 +31,7 @@ from edged.models.safetensors_file import read_tensors
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 1  # bump when bert_graph builds a different graph: caches then rebuild
+GRAPH_VERSION = 2  # bump when bert_graph builds a different graph: caches then rebuild
 ARCHIVE = "model.zip"
 WEIGHTS = "model.safetensors"
 _BLOCK = 4 * 1024 * 1024
