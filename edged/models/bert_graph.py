@@ -10,6 +10,11 @@ Inputs ``input_ids`` and ``attention_mask`` (int64 ``[batch, sequence]``); outpu
 sentence, so that row of the token-type table is folded into the position table.
 Linear weights are stored transposed (``x @ W``) and the attention scale is folded into
 the query projection, so the graph does no transposes or scaling of weights at run time.
+
+The file is written in pieces, so the build never holds a second copy of the weights: the
+graph without its weights first, then each weight as a ``ModelProto`` holding only
+``graph.initializer[0]``, its bytes written straight from numpy. Protobuf parsers merge
+repeated occurrences of a message field, so onnxruntime (and ``onnx.load``) read one graph.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from edged.errors import BadRequest
 from edged.models.safetensors_file import float32
@@ -70,7 +75,7 @@ class _Graph:
     def __init__(self, weights: Mapping[str, npt.NDArray[Any]]) -> None:
         self._weights = weights
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.initializers: dict[str, npt.NDArray[Any]] = {}
         self._count = 0
 
     def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
@@ -81,10 +86,8 @@ class _Graph:
         return out
 
     def const(self, name: str, value: npt.NDArray[Any]) -> str:
-        """An initializer; shared constants (shapes, axes) are made on first use only."""
-        from onnx import numpy_helper
-        if name not in self.initializers:
-            self.initializers[name] = numpy_helper.from_array(value, name)
+        """An initializer; shared constants (shapes, axes) are kept on first use only."""
+        self.initializers.setdefault(name, value)
         return name
 
     def weight(self, name: str) -> npt.NDArray[np.float32]:
@@ -172,7 +175,48 @@ def _pool(g: _Graph, x: str, mask: str) -> str:
     return g.op("Div", mean, norm)
 
 
-def build(weights: Mapping[str, npt.NDArray[Any]], shape: BertShape) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class Built:
+    skeleton: onnx.ModelProto  # the graph without its initializers
+    initializers: Mapping[str, npt.NDArray[Any]]
+
+    def write(self, out: BinaryIO) -> None:
+        out.write(self.skeleton.SerializeToString())
+        for name, value in self.initializers.items():
+            _write_initializer(out, name, value)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field."""
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+def _write_initializer(out: BinaryIO, name: str, value: npt.NDArray[Any]) -> None:
+    """``ModelProto{graph (7): {initializer (5): TensorProto}}`` with the tensor's raw_data
+    (field 9) written from the array's own buffer."""
+    import numpy as np
+    from onnx import TensorProto, helper
+    data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    header = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(data.dtype),
+                         dims=data.shape)
+    head = header.SerializeToString()
+    raw = _field(9, data.nbytes)
+    tensor_size = len(head) + len(raw) + data.nbytes
+    initializer = _field(5, tensor_size)
+    out.write(_field(7, len(initializer) + tensor_size) + initializer + head + raw)
+    out.write(data.reshape(-1).data.cast("B"))
+
+
+def build(weights: Mapping[str, npt.NDArray[Any]], shape: BertShape) -> Built:
     """The encoder graph over ``weights`` (Hugging Face ``BertModel`` tensor names, with or
     without a ``bert.`` prefix). Raises ``IntegrityError`` naming a missing tensor."""
     from onnx import TensorProto, helper
@@ -191,10 +235,8 @@ def build(weights: Mapping[str, npt.NDArray[Any]], shape: BertShape) -> onnx.Mod
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, dims),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, dims)],
         [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT,
-                                       ["batch", shape.hidden])],
-        list(g.initializers.values()))
+                                       ["batch", shape.hidden])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edged")
     model.ir_version = IR_VERSION
-    return model
-
+    return Built(model, g.initializers)

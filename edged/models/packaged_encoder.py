@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from edged.durable import fsync_dir
 from edged.errors import BadRequest, IntegrityError, Unavailable
@@ -115,21 +117,18 @@ def build_cached(source: Source, weights_sha: str, graph: Path) -> None:
     log.info("building the ONNX graph of %s (%d MiB of weights)", source.archive,
              len(weights) >> 20)
     config = members["config.json"]
-    model = build(read_tensors(memoryview(weights)), shape_of(config))
-    del weights  # the graph holds its own copy; halve the peak before serialising
-    data = model.SerializeToString()
-    del model
+    built = build(read_tensors(memoryview(weights)), shape_of(config))
     vocab, manifest = cached_paths(graph)
     graph.parent.mkdir(parents=True, exist_ok=True)
-    _write(vocab, vocab_text.encode("utf-8"))
-    _write(graph, data)
+    _write(vocab, lambda out: out.write(vocab_text.encode("utf-8")))
+    graph_sha = _write(graph, built.write)
     record = {"graph_version": GRAPH_VERSION, "weights_sha256": weights_sha,
-              "source": str(source.archive), "graph_sha256": hashlib.sha256(data).hexdigest(),
+              "source": str(source.archive), "graph_sha256": graph_sha,
               "vocab_sha256": hashlib.sha256(vocab_text.encode("utf-8")).hexdigest(),
               "max_positions": int(config.get("max_position_embeddings", 512))}
-    _write(manifest, json.dumps(record, indent=1).encode())
+    _write(manifest, lambda out: out.write(json.dumps(record, indent=1).encode()))
     fsync_dir(graph.parent)
-    log.info("built %s (%d MiB)", graph, len(data) >> 20)
+    log.info("built %s (%d MiB)", graph, graph.stat().st_size >> 20)
 
 
 def _read(source: Source, weights_sha: str) -> tuple[bytearray, dict[str, Any]]:
@@ -203,13 +202,31 @@ def _check_pooling(pooling: dict[str, Any] | None) -> None:
                          "implements mean pooling only", code="unsupported_model")
 
 
-def _write(target: Path, data: bytes) -> None:
+class _Hashing(io.RawIOBase):
+    """A file that hashes what is written to it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return self._out.write(data)
+
+
+def _write(target: Path, fill: Callable[[BinaryIO], object]) -> str:
+    """Write ``target`` through ``fill`` under a temporary name, fsync, rename; its sha256."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     with tmp.open("wb") as out:
-        out.write(data)
+        hashing = _Hashing(out)
+        fill(cast(BinaryIO, hashing))
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, target)
+    return hashing.digest.hexdigest()
 
 
 def sha256_file(path: Path) -> str:

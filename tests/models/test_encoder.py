@@ -219,6 +219,17 @@ def test_paraphrases_are_closer_than_unrelated_sentences(model: OnnxModel) -> No
         assert own > 0.5 and own > max(others) + 0.15, pairs[i]
 
 
+def test_the_graph_is_a_valid_onnx_model(cache: Path) -> None:
+    """Written in pieces (one ModelProto per weight), read back as one graph by onnx too."""
+    import onnx
+    model = onnx.load(str(cache / f"{PACKAGE}-{SHA}.onnx"))
+    onnx.checker.check_model(model)
+    names = {t.name for t in model.graph.initializer}
+    assert "embeddings.words" in names and "encoder.layer.5.output.dense.w" in names
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in model.graph.output] == ["sentence_embedding"]
+
+
 # -- the build cache -----------------------------------------------------------------------------
 
 def test_the_cache_is_reused(cache: Path, tmp_path: Path) -> None:
