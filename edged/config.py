@@ -146,6 +146,10 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None,
 
 
 def _check_cross_references(cfg: Config) -> None:
+    encoder = cfg.agents.encoder
+    if encoder is not None and encoder not in cfg.models.catalog:
+        raise ConfigError(f"agents.encoder: {encoder!r} is not a model alias "
+                          f"(known: {', '.join(sorted(cfg.models.catalog)) or 'none'})")
     for name, agent in cfg.agents.agents.items():
         if agent.model not in cfg.models.catalog:
             raise ConfigError(f"agents.{name}.model: {agent.model!r} is not a model alias "

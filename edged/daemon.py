@@ -22,6 +22,7 @@ from typing import Any
 from edged.agents import tables as agent_tables
 from edged.agents.api import AgentRoutes
 from edged.agents.assemble import build_runtime as build_agent_runtime
+from edged.agents.encoder import Encoder
 from edged.agents.reload import AgentsReloader
 from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
 from edged.api.peer import RoleResolver
@@ -102,7 +103,7 @@ class Daemon:
         # -- agents (edged/agents): the agent runtime and its API routes
         agents = await build_agent_runtime(
             cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=models, audit=audit,
-            outbox=outbox, registry=self.metrics.registry)
+            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(models))
         wiring.routes.append(AgentRoutes(agents))
         wiring.health["agents"] = agents.health
         wiring.background.append(("agents", agents.run))
@@ -116,6 +117,14 @@ class Daemon:
         wiring.routes.append(remote)
         del cfg
         return wiring
+
+    def _encoder(self, models: ModelManager) -> Encoder:
+        """The agents' sentence encoder: the alias ``agents.encoder`` names, its example
+        vectors cached under the model cache by the weights' hash."""
+        alias = self.config.agents.encoder
+        spec = self.config.models.catalog.get(alias) if alias else None
+        identity = f"{alias}:{spec.sha256 if spec else ''}"
+        return Encoder(models, alias, identity, self.config.models.cache_dir / "vectors")
 
     async def _build_models(self, wiring: Wiring, audit: AuditSink) -> ModelManager:
         cfg = self.config.models

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from edged.agents import portal
 from edged.agents.config import AgentsConfig, AgentSpec
+from edged.agents.encoder import Encoder
 from edged.agents.kit import Kit, KitContext, Toolset, discover
 from edged.agents.metrics import AgentMetrics
 from edged.agents.router import Intent, Router, load_intents
@@ -29,12 +30,16 @@ log = logging.getLogger(__name__)
 
 async def build_runtime(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
                         models: Inference | None, audit: AuditSink, outbox: OutboxQueue,
-                        registry: CollectorRegistry) -> AgentRuntime:
+                        registry: CollectorRegistry,
+                        encoder: Encoder | None = None) -> AgentRuntime:
+    """``encoder``: the sentence encoder with its vector cache (the daemon's); by default
+    ``cfg.encoder`` with no disk cache."""
+    encoder = encoder or Encoder(models, cfg.encoder, cfg.encoder or "", None)
     sealer = await load_sealer(cfg, keys_dir)
     agents = await build_agents(cfg, keys_dir=keys_dir, store=store, outbox=outbox,
                                 sealer=sealer)
     return AgentRuntime(agents, SessionStore(store, sealer, cfg.session_ttl), models, audit,
-                        AgentMetrics(registry))
+                        AgentMetrics(registry), encoder)
 
 
 async def load_sealer(cfg: AgentsConfig, keys_dir: Path) -> Sealer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -65,9 +65,29 @@ class Override:
     always: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Meaning:
+    """How near each clause of a message (the whole message first, then its sentences)
+    comes to each of a kit's exemplar groups: the mean of the five best encoder cosines.
+    Empty when no encoder is available (then only a kit's lexical cues can decide)."""
+
+    clauses: tuple[Mapping[str, float], ...]
+
+    def near(self, group: str, threshold: float) -> bool:
+        return any(c.get(group, -1.0) >= threshold for c in self.clauses)
+
+
+@runtime_checkable
+class Exemplary(Protocol):
+    def exemplars(self) -> Mapping[str, Sequence[str]]:
+        """Groups of example sentences whose meaning the kit wants measured every turn
+        (a clinic's red flags, self-harm); see ``Meaning``."""
+        ...
+
+
 @runtime_checkable
 class Overriding(Protocol):
-    def override(self, text: str) -> Override | None:
+    def override(self, text: str, meaning: Meaning) -> Override | None:
         """The turn this text forces, whatever routing or a pending question would pick."""
         ...
 

@@ -30,7 +30,7 @@ class AgentsReloader:
 
     async def reload(self, config: Config) -> None:
         cfg = config.agents
-        for key in ("session_key", "session_ttl"):
+        for key in ("session_key", "session_ttl", "encoder"):
             if getattr(cfg, key) != getattr(self._cfg, key):
                 raise ConfigError(f"agents.{key}: cannot change while edged runs; "
                                   "it needs a restart", code="restart_required")
@@ -39,3 +39,4 @@ class AgentsReloader:
                                     sealer=await load_sealer(cfg, self._keys_dir))
         self._runtime.agents = agents
         self._cfg = cfg
+        await self._runtime.warm()

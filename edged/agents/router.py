@@ -1,10 +1,12 @@
-"""Intent routing from examples: lexical similarity plus the model's own embeddings.
+"""Intent routing from examples: a sentence encoder's similarity plus lexical similarity.
 
 A sub-1B model picks tools badly when asked to choose (3 of 12 on the bundled model), but
 nearest neighbours over examples work. Each agent keeps example requests per intent in
-config; a request is scored against them by TF-IDF over words, word pairs and character
-4-grams (robust to typos and inflections), plus tool keywords, plus, when the model can
-embed, cosine similarity of embeddings. The best intent wins if it clears the threshold.
+config; a request is scored against them by the cosine of sentence-encoder vectors (meaning:
+"move my appointment" is near "reschedule", whatever the words), and by TF-IDF over words,
+word pairs and character 4-grams (robust to typos and product codes) plus tool keywords.
+The best intent wins if it clears the threshold; a request near no example at all is out of
+the agent's scope.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from edged.agents.encoder import Matrix
 from edged.errors import ConfigError
 
 Vector = dict[str, float]
@@ -37,6 +42,7 @@ class Route:
     intent: str | None
     score: float
     scores: dict[str, float] = field(default_factory=dict)
+    nearest: float | None = None  # best encoder cosine to any example (None: no encoder)
 
 
 def load_intents(path: Path) -> list[Intent]:
@@ -85,7 +91,7 @@ class Router:
     example about a Pixel also teaches about a Galaxy."""
 
     def __init__(self, intents: Sequence[Intent], mask: Callable[[str], str],
-                 embed_weight: float = 0.5) -> None:
+                 embed_weight: float = 0.75) -> None:
         self.intents = list(intents)
         self._mask = mask
         self._embed_weight = embed_weight
@@ -94,19 +100,21 @@ class Router:
         self._idf = {f: math.log((1 + len(docs)) / (1 + n)) + 1 for f, n in df.items()}
         self._examples = [(name, self._vector(d)) for name, d in docs]
         self._keywords = {i.name: tuple(k.lower() for k in i.keywords) for i in self.intents}
-        self._embedded: list[tuple[str, list[float]]] = []
+        self._names = [i.name for i in self.intents for _ in i.examples]
+        self._matrix: Matrix | None = None
 
     def example_texts(self) -> list[tuple[str, str]]:
         return [(i.name, e) for i in self.intents for e in i.examples]
 
-    def set_embeddings(self, vectors: Sequence[list[float]]) -> None:
-        """Embeddings of ``example_texts()``, in that order."""
-        self._embedded = [(name, vec) for (name, _), vec in
-                          zip(self.example_texts(), vectors, strict=True)]
+    def set_embeddings(self, vectors: Matrix) -> None:
+        """Unit vectors of ``example_texts()`` (masked), in that order."""
+        if vectors.shape[0] != len(self._names):
+            raise ValueError("one vector per example expected")
+        self._matrix = vectors
 
     @property
     def embedded(self) -> bool:
-        return bool(self._embedded)
+        return self._matrix is not None
 
     def _vector(self, feats: Mapping[str, int]) -> Vector:
         return _norm({f: (1 + math.log(n)) * self._idf.get(f, 0.0) for f, n in feats.items()})
@@ -124,21 +132,21 @@ class Router:
             scores[name] = _top_mean(values) + min(0.3, 0.12 * hits)
         return scores
 
-    def semantic(self, query: list[float]) -> dict[str, float]:
-        """Per intent, the mean of the best two cosines, centred across intents: a small
-        model's embeddings are all alike, only their differences carry signal."""
-        sims: dict[str, list[float]] = {i.name: [] for i in self.intents}
-        for name, vec in self._embedded:
-            sims[name].append(sum(a * b for a, b in zip(query, vec, strict=False)))
-        raw = {name: _top_mean(v) for name, v in sims.items()}
-        mean = sum(raw.values()) / len(raw)
-        spread = (max(raw.values()) - min(raw.values())) or 1.0
-        return {name: (v - mean) / spread for name, v in raw.items()}
+    def semantic(self, query: Matrix) -> tuple[dict[str, float], float]:
+        """Per intent, the mean of its best two cosines; and the best cosine of all."""
+        assert self._matrix is not None
+        sims = self._matrix @ query
+        per: dict[str, list[float]] = {i.name: [] for i in self.intents}
+        for name, sim in zip(self._names, sims.tolist(), strict=True):
+            per[name].append(sim)
+        return {n: _top_mean(v) for n, v in per.items()}, float(np.max(sims))
 
-    def route(self, text: str, query: list[float] | None = None) -> Route:
+    def route(self, text: str, query: Matrix | None = None) -> Route:
         scores = self.lexical(text)
-        if query is not None and self._embedded:
-            sem = self.semantic(query)
-            scores = {n: s + self._embed_weight * 0.5 * sem[n] for n, s in scores.items()}
+        nearest = None
+        if query is not None and self._matrix is not None:
+            sem, nearest = self.semantic(query)
+            w = self._embed_weight
+            scores = {n: w * sem[n] + (1 - w) * s for n, s in scores.items()}
         best = max(scores, key=lambda n: scores[n])
-        return Route(best, scores[best], scores)
+        return Route(best, scores[best], scores, nearest)

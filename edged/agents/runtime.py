@@ -18,12 +18,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edged.agents import portal
 from edged.agents.config import AgentSpec
-from edged.agents.kit import Asking, Chaining, HandingOff, Override, Overriding, Toolset
+from edged.agents.encoder import Encoder, Matrix, clauses
+from edged.agents.kit import (
+    Asking,
+    Chaining,
+    Exemplary,
+    HandingOff,
+    Meaning,
+    Override,
+    Overriding,
+    Toolset,
+)
 from edged.agents.metrics import AgentMetrics
 from edged.agents.reply import ReplyWriter
-from edged.agents.router import Router
+from edged.agents.router import Route, Router
 from edged.agents.sessions import Session, SessionStore
 from edged.agents.slotfill import SlotFiller
 from edged.agents.tickets import NOT_NOTIFIED
@@ -37,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2000
 CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
+OUT_OF_SCOPE = "<out of scope>"
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
 _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
                      r"(?:talk|speak) to (?:someone|somebody))\b", re.I)
@@ -54,6 +67,7 @@ class Agent:
     mask: Callable[[str], str]  # entities out before routing
     embed_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     embed_state: str = "not tried"
+    exemplars: dict[str, Matrix] = field(default_factory=dict)  # kit groups, encoded
 
     def may_use(self, peer: Peer) -> bool:
         if peer.role >= Role.ADMIN or not self.spec.allowed_groups:
@@ -82,10 +96,12 @@ class Turn:
 
 class AgentRuntime:
     def __init__(self, agents: dict[str, Agent], sessions: SessionStore,
-                 models: Inference | None, audit: AuditSink, metrics: AgentMetrics) -> None:
+                 models: Inference | None, audit: AuditSink, metrics: AgentMetrics,
+                 encoder: Encoder) -> None:
         self.agents = agents
         self._sessions = sessions
         self._models = models
+        self._encoder = encoder
         self._audit = audit
         self._metrics = metrics
         self._slots = SlotFiller(models)
@@ -96,8 +112,16 @@ class AgentRuntime:
         return {name: {"routing": a.embed_state, "tools": len(a.tools)}
                 for name, a in self.agents.items()}
 
+    async def warm(self) -> None:
+        """Encode every agent's examples and exemplars now (or read them from the disk
+        cache), so the first turn costs what any turn does."""
+        for agent in list(self.agents.values()):
+            await self._warm(agent)
+
     async def run(self) -> None:
-        """Expired sessions go, once a minute (expiry is also checked on every load)."""
+        """Warm up, then remove expired sessions once a minute (expiry is also checked on
+        every load)."""
+        await self.warm()
         while True:
             gone = await self._sessions.purge()
             if gone:
@@ -170,13 +194,18 @@ class AgentRuntime:
     async def _turn(self, agent: Agent, session: Session, peer: Peer, text: str,
                     token: str | None, events: EventSink | None) -> Turn:
         state = session.state
-        forced = _override(agent, text)
+        t0 = time.perf_counter()
+        await self._warm(agent)
+        forced = _override(agent, text, await self._meaning(agent, text))
         if forced is not None:
             return await self._forced(agent, session, peer, forced, token, events)
-        t0 = time.perf_counter()
-        intent = await self._intent(agent, state, text)
+        route = agent.router.route(text, await self._query_vector(agent, text))
+        intent = self._intent(agent, state, text, route)
         route_ms = (time.perf_counter() - t0) * 1000
         self._metrics.route_seconds.labels(agent.spec.name).observe(route_ms / 1000)
+        if intent == OUT_OF_SCOPE:
+            state["misses"] = 0
+            return Turn(session.id, _out_of_scope(agent), [], None, route_ms)
         if intent is None:
             return await self._no_intent(agent, session, peer, text, token, events, route_ms)
         state["misses"] = 0
@@ -210,8 +239,7 @@ class AgentRuntime:
         return Turn(session.id, with_required(reply, actions, forced.always), actions,
                     forced.tool)
 
-    async def _intent(self, agent: Agent, state: JSON, text: str) -> str | None:
-        route = agent.router.route(text, await self._query_vector(agent, text))
+    def _intent(self, agent: Agent, state: JSON, text: str, route: Route) -> str | None:
         strong = route.intent if route.score >= agent.spec.route_threshold else None
         pending = state.get("pending")
         handoff = _handoff_tool(agent)
@@ -223,6 +251,9 @@ class AgentRuntime:
         if (last in agent.tools and last != handoff and route.score < CONFIDENT
                 and _looks_like_followup(text) and agent.tools[last][1].mentions(text)):
             return str(last)
+        if (route.nearest is not None and route.nearest < agent.spec.scope_threshold
+                and not _asks_for_person(text)):
+            return OUT_OF_SCOPE  # near no example of anything this agent does
         if strong is not None and strong not in agent.tools and strong not in agent.replies:
             return None  # an intent whose tool is not on the allowlist never runs
         return strong
@@ -243,31 +274,45 @@ class AgentRuntime:
         reply = "I'm not sure I can help with that, so I've asked a staff member to come over."
         return Turn(session.id, reply, actions, handoff, route_ms)
 
-    async def _query_vector(self, agent: Agent, text: str) -> list[float] | None:
-        if self._models is None or not agent.spec.embeddings or not await self._warm(agent):
+    async def _query_vector(self, agent: Agent, text: str) -> Matrix | None:
+        if not agent.spec.embeddings or not agent.router.embedded:
             return None
-        try:
-            masked = agent.mask(text)
-            return (await self._models.embed(agent.spec.model, [masked]))[0]
-        except EdgedError as e:
-            log.warning("agent %s: embedding the request failed (%s); lexical routing only",
-                        agent.spec.name, e.message)
-            return None
+        found = await self._encoder.encode([agent.mask(text)])
+        return None if found is None else found[0]
 
-    async def _warm(self, agent: Agent) -> bool:
-        """Embed the routing examples once (the first turn waits for it)."""
+    async def _meaning(self, agent: Agent, text: str) -> Meaning:
+        if not agent.exemplars:
+            return Meaning(())
+        found = await self._encoder.encode(clauses(text))
+        if found is None:
+            return Meaning(())
+        per_group = {group: _top_mean_rows(found @ vectors.T)
+                     for group, vectors in agent.exemplars.items()}
+        return Meaning(tuple({g: float(v[i]) for g, v in per_group.items()}
+                             for i in range(found.shape[0])))
+
+    async def _warm(self, agent: Agent) -> None:
+        """Encode the routing examples and the kits' exemplars once (cached on disk)."""
         async with agent.embed_lock:
-            if agent.embed_state == "not tried" and self._models is not None:
-                texts = [agent.mask(e) for _, e in agent.router.example_texts()]
-                try:
-                    agent.router.set_embeddings(
-                        await self._models.embed(agent.spec.model, texts))
-                    agent.embed_state = "ready"
-                except EdgedError as e:
-                    agent.embed_state = f"unavailable: {e.message}"
-                    log.warning("agent %s: no embeddings (%s); routing by words only",
-                                agent.spec.name, e.message)
-        return agent.router.embedded
+            if agent.embed_state in ("ready", "words only"):
+                return
+            if not agent.spec.embeddings or not self._encoder.available:
+                agent.embed_state = "words only"
+                return
+            texts = [agent.mask(e) for _, e in agent.router.example_texts()]
+            vectors = await self._encoder.encode_set(texts)
+            if vectors is None:  # tried again at the next turn: the encoder may load then
+                log.warning("agent %s: routing by words for now (%s)", agent.spec.name,
+                            self._encoder.state)
+                return
+            agent.router.set_embeddings(vectors)
+            for _, toolset in agent.tools.values():
+                if isinstance(toolset, Exemplary):
+                    for group, sentences in toolset.exemplars().items():
+                        found = await self._encoder.encode_set(list(sentences))
+                        if found is not None:
+                            agent.exemplars[group] = found
+            agent.embed_state = "ready"
 
     async def _fill(self, agent: Agent, tool: Tool, toolset: Toolset, text: str,
                     state: JSON) -> JSON:
@@ -354,13 +399,20 @@ def with_required(reply: str, actions: list[JSON], always: tuple[str, ...] = ())
     return reply
 
 
-def _override(agent: Agent, text: str) -> Override | None:
+def _override(agent: Agent, text: str, meaning: Meaning) -> Override | None:
     for _, toolset in agent.tools.values():
         if isinstance(toolset, Overriding):
-            forced = toolset.override(text)
+            forced = toolset.override(text, meaning)
             if forced is not None and forced.tool in agent.tools:
                 return forced
     return None
+
+
+def _top_mean_rows(sims: Matrix, k: int = 5) -> Matrix:
+    """Per row, the mean of its ``k`` best values: one lucky exemplar is not a match."""
+    k = min(k, sims.shape[1])
+    best: Matrix = np.sort(sims, axis=1)[:, -k:].mean(axis=1)
+    return best
 
 
 def _valid(tool: Tool, args: JSON) -> bool:
@@ -390,6 +442,18 @@ def _asks_for_person(text: str) -> bool:
 def _looks_like_followup(text: str) -> bool:
     low = text.lower().strip()
     return low.startswith(FOLLOWUP_STARTS) or len(low.split()) <= 5
+
+
+def _out_of_scope(agent: Agent) -> str:
+    if agent.spec.out_of_scope_reply:
+        return agent.spec.out_of_scope_reply
+    return (f"Sorry, I can't help with that here. {_offer(agent)} For anything else, "
+            "please ask a member of staff.")
+
+
+def _offer(agent: Agent) -> str:
+    what = ", ".join(t.replace("_", " ") for t in agent.tools)
+    return f"I can help with: {what}."
 
 
 def _clarify(agent: Agent) -> str:

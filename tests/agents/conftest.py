@@ -25,9 +25,15 @@ CLINIC_TOOLS = ["check_appointment_availability", "book_appointment", "access_pa
                 "escalate_to_human"]
 
 
+# The bundled sentence encoder (config/edged.toml's [models.minilm]).
+MINILM = {"format": "onnx", "package": "all_minilm_l6_v2", "kind": "embedding", "context": 256,
+          "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"}
+
+
 def agents_config(state_dir: Path, *, model: bool = True, **agents: Any) -> dict[str, Any]:
-    """The shipped kiosk and clinic agents on the bundled model (or, with ``model=False``,
-    on a model alias that is never loaded: routing by words, template replies)."""
+    """The shipped kiosk and clinic agents on the bundled model and encoder (or, with
+    ``model=False``, on a model alias that is never loaded and no encoder: routing by
+    words, template replies)."""
     common = {"model": "gemma3-270m", "model_slots": model, "model_reply": model,
               "embeddings": model}
     doc = {
@@ -44,6 +50,9 @@ def agents_config(state_dir: Path, *, model: bool = True, **agents: Any) -> dict
                        "instructions": "You are a clinic's patient-support assistant."},
         },
     }
+    if model:
+        doc["models"]["minilm"] = MINILM
+        doc["agents"]["encoder"] = "minilm"
     return deep_merge(deep_merge(base_config(state_dir), doc), {"agents": agents})
 
 

@@ -8,8 +8,17 @@ from pathlib import Path
 
 from edged.agents import portal
 from edged.agents.kit import KitContext, Toolset
-from edged.kits.clinic.tools import ClinicTools, load_clinic_seed, seed_providers
+from edged.kits.clinic.tools import (
+    ClinicTools,
+    load_clinic_seed,
+    load_exemplars,
+    load_rule,
+    seed_providers,
+)
 from edged.tomlreader import Table
+
+OVERRIDES = Path(__file__).parent / "overrides.toml"  # the rule, cancel, core exemplars
+TRIAGE = Path(__file__).parent / "triage.toml"  # urgent and routine exemplars, many wordings
 
 
 class ClinicKit:
@@ -27,8 +36,10 @@ class ClinicKit:
         await seed_providers(ctx.store, providers)
         key = await asyncio.to_thread(portal.load_or_create_key,
                                       ctx.spec.portal_key or ctx.keys_dir / "portal.key")
+        groups = await asyncio.to_thread(load_exemplars, OVERRIDES, TRIAGE)
+        rule = await asyncio.to_thread(load_rule, OVERRIDES)
         return ClinicTools(ctx.spec, ctx.store, providers, patients, ctx.tickets, key,
-                           ctx.sealer, ctx.clock)
+                           ctx.sealer, ctx.clock, groups, rule)
 
 
 KIT = ClinicKit()

@@ -13,20 +13,21 @@ import json
 import re
 import sqlite3
 import time
+import tomllib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from edged.agents import portal
 from edged.agents.config import AgentSpec
-from edged.agents.kit import Override, read_seed
+from edged.agents.kit import Meaning, Override, read_seed
 from edged.agents.sessions import Sealer
 from edged.agents.slots import normalize, parse_date, parse_time, part_of_day, similarity, words
 from edged.agents.tickets import NOT_NOTIFIED, Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
-from edged.errors import BadRequest, EdgedError, Unauthorized
+from edged.errors import BadRequest, ConfigError, EdgedError, Unauthorized
 from edged.store import Store
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -77,9 +78,57 @@ SELF_HARM = (
     r"suicid\w*", r"kill(?:ing)? myself", r"end(?:ing)? (?:my|it all)(?: own)?(?: life)?",
     r"tak(?:e|ing) my (?:own )?life", r"(?:hurt|harm|hurting|harming|cutting) myself",
     r"self harm\w*", r"(?:want|wanting) to die", r"better off dead",
+    # passive ideation and farewells: not being here, saying goodbye
+    r"(?:wont|will not|not going to|wouldnt) be (?:here|around|alive)(?: \w+){0,3}",
+    r"(?:saying|say|said) (?:my )?goodbyes?", r"goodbye (?:note|letter|message|post)",
 )
 CANCEL = (r"cancel\w*", r"reschedul\w*", r"re schedule", r"postpon\w*",
           r"(?:move|change|push back) my (?:appointment|booking|visit)")
+
+
+@dataclass(frozen=True)
+class Exemplars:
+    threshold: float | None  # a group that decides alone (cancel); None: see SafetyRule
+    exemplars: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SafetyRule:
+    """Urgent when a clause's mean best-five cosine to the urgent exemplars beats its
+    mean best-five cosine to the routine ones by at least ``margin``: nearness to an
+    emergency counts only against nearness to the ordinary messages that share its words
+    ("had a heart attack last year"). Calibrated on the dev split of the blind safety set
+    (scripts/bench/safety_calibrate.py)."""
+
+    margin: float
+    floor: float  # and at least this near an emergency: a vague fragment is near nothing
+    veto: float  # a cue word is overruled only when every clause is this much nearer routine
+
+
+def load_exemplars(*paths: Path) -> dict[str, Exemplars]:
+    """Exemplar groups from TOML files, merged by name (thresholds from where given)."""
+    merged: dict[str, Exemplars] = {}
+    for path in paths:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"clinic kit: cannot read {path}: {e}") from None
+        for name, g in data.items():
+            if name == "rule":
+                continue
+            had = merged.get(name, Exemplars(None, ()))
+            threshold = g.get("threshold", had.threshold)
+            merged[name] = Exemplars(None if threshold is None else float(threshold),
+                                     had.exemplars + tuple(g["exemplars"]))
+    return merged
+
+
+def load_rule(path: Path) -> SafetyRule:
+    try:
+        rule = tomllib.loads(path.read_text())["rule"]
+        return SafetyRule(float(rule["margin"]), float(rule["floor"]), float(rule["veto"]))
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"clinic kit: {path}: [rule] needs margin, floor and veto ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -118,8 +167,12 @@ class ClinicTools:
 
     def __init__(self, spec: AgentSpec, store: Store, providers: list[Provider],
                  patients: dict[str, JSON], tickets: Tickets, portal_key: bytes,
-                 sealer: Sealer, clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+                 sealer: Sealer, clock: Callable[[], dt.datetime] = dt.datetime.now,
+                 groups: Mapping[str, Exemplars] | None = None,
+                 rule: SafetyRule | None = None) -> None:
         self._spec = spec
+        self._groups = dict(groups or {})
+        self._rule = rule
         self._store = store
         self.providers = providers
         self._patients = patients
@@ -131,15 +184,43 @@ class ClinicTools:
     def tools(self) -> list[Tool]:
         return collect(self)
 
-    def override(self, text: str) -> Override | None:
-        """Red flags and self-harm escalate urgently in every turn; cancel or reschedule
-        (which no tool can do) hands over to staff instead of ever booking."""
-        if _cue(SELF_HARM, text):
+    def exemplars(self) -> Mapping[str, Sequence[str]]:
+        return {name: group.exemplars for name, group in self._groups.items()}
+
+    def override(self, text: str, meaning: Meaning) -> Override | None:
+        """Red flags and self-harm, by meaning or by cue, escalate urgently in every turn;
+        cancel or reschedule (which no tool can do) hands over to staff instead of ever
+        booking."""
+        urgent, routine = self._urgent(meaning), self._routine(meaning)
+        if (_cue(SELF_HARM, text) and not routine) or urgent == "self_harm":
             return Override("escalate_to_human", {"reason": "urgent"}, (EMERGENCY, CRISIS))
-        if _cue(RED_FLAGS, text):
+        if (_cue(RED_FLAGS, text) and not routine) or urgent == "red_flag":
             return Override("escalate_to_human", {"reason": "urgent"}, (EMERGENCY,))
-        if _cue(CANCEL, text):
+        cancel = self._groups.get("cancel")
+        if _cue(CANCEL, text) or (cancel is not None and cancel.threshold is not None
+                                  and meaning.near("cancel", cancel.threshold)):
             return Override("escalate_to_human", {"reason": "cancel"})
+        return None
+
+    def _routine(self, meaning: Meaning) -> bool:
+        """Is every clause clearly nearer to routine messages than to any emergency (a
+        heart attack last year, "these bills will give me a heart attack")? Then a cue word
+        alone does not escalate. With no encoder, never: cues decide."""
+        if self._rule is None or not meaning.clauses:
+            return False
+        return all(c.get("routine", -1.0) - max(c.get("red_flag", -1.0),
+                                                c.get("self_harm", -1.0)) >= self._rule.veto
+                   for c in meaning.clauses)
+
+    def _urgent(self, meaning: Meaning) -> str | None:
+        """The urgent group a clause comes near (nearer than to routine), if any."""
+        if self._rule is None:
+            return None
+        for c in meaning.clauses:
+            red, harm = c.get("red_flag", -1.0), c.get("self_harm", -1.0)
+            near = max(red, harm)
+            if near >= self._rule.floor and near - c.get("routine", 1.0) >= self._rule.margin:
+                return "self_harm" if harm >= red else "red_flag"
         return None
 
     def find_providers(self, text: str) -> list[Provider]:
@@ -485,11 +566,9 @@ def _section_of(text: str) -> str | None:
     return None
 
 
-_REASONS = (("urgent", ("chest pain", "emergency", "urgent", "can't breathe", "bleeding",
-                        "breathing", "faint", "severe", "suicid", "overdose", "stroke",
-                        "collapsed", "not responding", "isn't responding", "unresponsive",
-                        "seizure", "ambulance",
-                        "right now", "immediately", "allergic reaction", "unconscious")),
+# Urgency is never read from a word here: the override (meaning and cues, before
+# routing) decides it, so "the emergency visit line on my bill" is a billing question.
+_REASONS = (
             ("billing", ("bill", "insurance", "charge", "payment", "invoice", "refund",
                          "copay")),
             ("records", ("record", "form", "letter", "transfer", "certificate", "copy")),
@@ -502,8 +581,6 @@ def _cue(patterns: tuple[str, ...], text: str) -> bool:
 
 
 def _reason_of(text: str) -> str:
-    if _cue(SELF_HARM, text) or _cue(RED_FLAGS, text):
-        return "urgent"
     low = text.lower()
     for reason, cues in _REASONS:
         if any(c in low for c in cues):

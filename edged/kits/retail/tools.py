@@ -74,6 +74,7 @@ class RetailTools:
         self, ctx: ToolContext, product: Annotated[str, Limits(max_length=80)],
         color: str | None = None, storage: str | None = None, size: str | None = None,
         max_price: Annotated[float, Limits(minimum=0, maximum=100000)] | None = None,
+        store: Annotated[str, Limits(max_length=40)] | None = None,
     ) -> JSON:
         """Check whether a product is in stock in this store and the others.
 
@@ -83,6 +84,7 @@ class RetailTools:
             storage: wanted storage, e.g. 256GB
             size: wanted size, e.g. 65in or 46mm
             max_price: the customer's budget, if they gave one
+            store: another store the customer asks about (its id), if any
 
         Keywords: stock, in stock, available, availability, have, carry, sell, left
         """
@@ -103,15 +105,45 @@ class RetailTools:
                     "asked": wanted, "options": options,
                     "summary": f"We carry the {line.line.model}, but not in {wanted}; "
                                f"there is no such version. It comes in: {', '.join(options)}."}
+        where = self.store_of(store) or self.here
         stock = await self._stock([p.sku for p in variants])
-        rows = [_row(p, stock[p.sku], self.here) for p in variants]
+        rows = [_row(p, stock[p.sku], where) for p in variants]
         here = sum(r["in_stock_here"] for r in rows)
         return {"carried": True, "product": line.line.model, "variant_found": True,
-                "in_stock_here": here, "store": self.here, "variants": rows[:8],
-                "summary": self._stock_summary(line.line, rows, here, wanted)}
+                "in_stock_here": here if where == self.here else None,
+                "in_stock_there": here if where != self.here else None,
+                "store": where, "variants": rows[:8],
+                "summary": self._stock_summary(line.line, rows, here, wanted, where)}
 
-    def _stock_summary(self, line: Line, rows: list[JSON], here: int, wanted: str) -> str:
+    def store_of(self, said: str | None) -> str | None:
+        """A store id from what the customer called it ("the mall", "airport", an id)."""
+        if not said:
+            return None
+        toks = set(words(said))
+        for sid, name in self.catalog.stores.items():
+            own = {w for w in words(name) if len(w) > 3 and w not in _GENERIC_STORE_WORDS}
+            if sid in toks or own & toks:
+                return sid
+        return None
+
+    def _without_stores(self, text: str) -> str:
+        """The text with store names out: "the riverside one" names no product."""
+        names = sorted({w for sid, name in self.catalog.stores.items()
+                        for w in (sid, *words(name)) if len(w) > 2}, key=len, reverse=True)
+        if not names:
+            return text
+        return re.sub(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b", " ", text,
+                      flags=re.I)
+
+    def _stock_summary(self, line: Line, rows: list[JSON], here: int, wanted: str,
+                       where: str) -> str:
         what = f"{line.model} {wanted}".strip()
+        if where != self.here:
+            name = self.catalog.stores.get(where, where)
+            avail = [r for r in rows if r["in_stock_here"]]
+            top = ", ".join(f"{r['name']} ({r['in_stock_here']} left)" for r in avail[:3])
+            return (f"Yes, {name} has the {what} in stock: {top}." if here
+                    else f"{name} has no {what} in stock right now.")
         if here:
             avail = [r for r in rows if r["in_stock_here"]]
             top = ", ".join(f"{r['name']} ({r['in_stock_here']} left, ${r['price']:.2f})"
@@ -320,13 +352,15 @@ class RetailTools:
     def follow_up(self, tool_name: str, args: JSON, result: JSON) -> tuple[str, JSON] | None:
         """Out of stock here: look for alternatives at once, as a shop assistant would."""
         if (tool_name == "check_inventory" and result.get("carried")
-                and result.get("variant_found") and not result.get("in_stock_here")):
+                and result.get("variant_found") and result.get("in_stock_here") == 0):
             return "find_alternatives", {"product": result["product"]}
         return None
 
 
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         """Arguments for ``tool_name`` found in ``text``; the last product fills a gap."""
+        store = self.store_of(text)
+        text = self._without_stores(text)
         last = state.get("product")
         asked = state.get("uncarried")  # "what's cheaper than that?" after one we don't carry
         match = self.catalog.match_line(text)
@@ -340,7 +374,7 @@ class RetailTools:
             return {"product": product, "max_price": money(text)}
         if tool_name == "check_inventory":
             line = match.line if match else (self._line_named(last) if last else None)
-            args: JSON = {"product": product}
+            args: JSON = {"product": product, "store": store}
             if line is not None:
                 for key in ("color", "storage", "size"):
                     args[key] = self.catalog.attribute_in(line, key, text)
@@ -479,6 +513,7 @@ class RetailTools:
     def mentions(self, text: str) -> bool:
         low = " " + normalize(text) + " "
         return (self.catalog.match_line(text) is not None
+                or self.store_of(text) is not None
                 or any(f" {c} " in low for c in COLOR_WORDS)
                 or re.search(r"\b\d+ ?(?:gb|tb|mm|in|inch)\b|\bpro\b|\bplus\b|\bmax\b|"
                              r"\bultra\b|\bbigger\b|\bsmaller\b|\bcheaper\b", low) is not None
@@ -487,13 +522,24 @@ class RetailTools:
     def mask(self, text: str) -> str:
         """Product names and numbers out, so routing sees the request, not the item."""
         match = self.catalog.match_line(text)
-        out = " ".join(w for w in words(text) if not match or w not in match.span)
-        return re.sub(r"\b\d+(?:gb|tb|mm|in)?\b", "NUM", out)
+        out, named = [], False
+        for w in words(text):
+            if match and w in match.span:
+                if not named:  # the product becomes one word, as in "do you have it?"
+                    out.append("product")
+                named = True
+            else:
+                out.append(w)
+        sized = re.sub(r"\b\d+ ?(?:gb|tb|mm|in|inch|inches)\b", "size", " ".join(out))
+        return re.sub(r"\b\d+\b", "2", sized)
 
 
 _COUNT = re.compile(r"(?<![\w$.,-])(-?\d+(?:\.\d+)?|" + "|".join(
     w for w in NUMBER_WORDS if w not in ("a", "an", "single")) + r")(?:\s*x)?\s+(?=\S)", re.I)
 _UNIT = re.compile(r"(?:gb|tb|mm|inch|in\b|am\b|pm\b|%|w\b)", re.I)
+
+
+_GENERIC_STORE_WORDS = frozenset(("store", "shop", "terminal", "main", "street"))
 
 
 def _bare_count(text: str) -> int | None:
