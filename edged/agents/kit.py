@@ -58,9 +58,10 @@ class Toolset(Protocol):
 @dataclass(frozen=True)
 class Override:
     """A turn decided before routing (a red flag, a request no tool can do): the tool to
-    run, its arguments, and sentences the reply always carries."""
+    run (None: no tool, the reply is ``always``), its arguments, and sentences the reply
+    always carries."""
 
-    tool: str
+    tool: str | None
     args: JSON
     always: tuple[str, ...] = ()
 
@@ -103,6 +104,23 @@ class Chaining(Protocol):
 class Asking(Protocol):
     def question(self, tool_name: str, slot: str) -> str | None:
         """How to ask for a missing required slot ("May I have the patient's full name?")."""
+        ...
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    def instead(self, tool_name: str, args: JSON, missing: list[str],
+                state: JSON) -> tuple[str, JSON] | None:
+        """A request misses ``missing``: a tool to run first that shows the choices (the
+        free slots before asking for a time), or None to just ask."""
+        ...
+
+
+@runtime_checkable
+class Continuing(Protocol):
+    def continues(self, last_tool: str, text: str) -> str | None:
+        """The tool a message continues with after ``last_tool`` ran (a time picked from
+        listed slots is a booking), whatever its words route to; None if it does not."""
         ...
 
 

@@ -26,11 +26,13 @@ from edged.agents.encoder import Encoder, Matrix, clauses
 from edged.agents.kit import (
     Asking,
     Chaining,
+    Continuing,
     Exemplary,
     HandingOff,
     Meaning,
     Override,
     Overriding,
+    Preparing,
     Toolset,
 )
 from edged.agents.metrics import AgentMetrics
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 2000
 CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
 OUT_OF_SCOPE = "<out of scope>"
+NEAR = 0.08  # intents this close to the best one compete on the details a message gives
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
 _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
                      r"(?:talk|speak) to (?:someone|somebody))\b", re.I)
@@ -201,6 +204,8 @@ class AgentRuntime:
             return await self._forced(agent, session, peer, forced, token, events)
         route = agent.router.route(text, await self._query_vector(agent, text))
         intent = self._intent(agent, state, text, route)
+        if intent is not None and not state.get("pending"):
+            intent = _most_specific(agent, route, intent, text)
         route_ms = (time.perf_counter() - t0) * 1000
         self._metrics.route_seconds.labels(agent.spec.name).observe(route_ms / 1000)
         if intent == OUT_OF_SCOPE:
@@ -214,17 +219,35 @@ class AgentRuntime:
         tool, toolset = agent.tools[intent]
         args = await self._fill(agent, tool, toolset, text, state)
         missing = [k for k in tool.schema["required"] if k not in args]
-        if missing:
-            state["pending"] = {"tool": tool.name, "args": args}
-            return Turn(session.id, _question(tool, toolset, missing[0]),
-                        [], intent, route_ms, {"tool": tool.name, "arguments": args,
-                                               "missing": missing})
-        state.pop("pending", None)
         ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
+        if missing:
+            return await self._ask(agent, tool, toolset, ctx, args, missing, state, events,
+                                   intent, route_ms)
+        state.pop("pending", None)
         actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
         reply, by = await self._writer.write(agent.spec, text, actions)
         return Turn(session.id, with_required(reply, actions), actions, intent, route_ms,
                     reply_by=by)
+
+    async def _ask(self, agent: Agent, tool: Tool, toolset: Toolset, ctx: ToolContext,
+                   args: JSON, missing: list[str], state: JSON, events: EventSink | None,
+                   intent: str, route_ms: float) -> Turn:
+        """A request short of a detail waits for it. When the kit can first show the
+        choices (the free slots before a time is asked), that tool runs and the question
+        follows its answer."""
+        state["pending"] = {"tool": tool.name, "args": args}
+        pending = {"tool": tool.name, "arguments": args, "missing": missing}
+        question = _question(tool, toolset, missing[0])
+        step = (toolset.instead(tool.name, args, missing, state)
+                if isinstance(toolset, Preparing) else None)
+        if step is None or step[0] not in agent.tools:
+            return Turn(ctx.session_id, question, [], intent, route_ms, pending)
+        actions = await self._run_chain(agent, ctx, step[0], step[1], state, events)
+        state["pending"] = {"tool": tool.name, "args": args}  # the chain may remember others
+        shown = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
+        found = any(a["result"].get("found", True) for a in actions)
+        reply = f"{shown} {question}" if found else shown
+        return Turn(ctx.session_id, reply, actions, intent, route_ms, pending)
 
     async def _forced(self, agent: Agent, session: Session, peer: Peer, forced: Override,
                       token: str | None, events: EventSink | None) -> Turn:
@@ -232,6 +255,8 @@ class AgentRuntime:
         the reply is the checked template, so no model wording can lose a safety sentence."""
         session.state.pop("pending", None)
         session.state["misses"] = 0
+        if forced.tool is None:  # the kit answers itself: nothing here can do it
+            return Turn(session.id, " ".join(forced.always), [], None)
         ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
         actions = await self._run_chain(agent, ctx, forced.tool, forced.args, session.state,
                                         events)
@@ -248,6 +273,10 @@ class AgentRuntime:
         if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
             return str(pending["tool"])
         last = state.get("last_tool")
+        following = _continues(agent, last, text) if last else None
+        if following is not None and (strong is None or route.score < CONFIDENT
+                                      or strong == following):
+            return following
         if (last in agent.tools and last != handoff and route.score < CONFIDENT
                 and _looks_like_followup(text) and agent.tools[last][1].mentions(text)):
             return str(last)
@@ -277,7 +306,7 @@ class AgentRuntime:
     async def _query_vector(self, agent: Agent, text: str) -> Matrix | None:
         if not agent.spec.embeddings or not agent.router.embedded:
             return None
-        found = await self._encoder.encode([agent.mask(text)])
+        found = await self._encoder.encode([text])  # meaning reads the request as said
         return None if found is None else found[0]
 
     async def _meaning(self, agent: Agent, text: str) -> Meaning:
@@ -299,7 +328,7 @@ class AgentRuntime:
             if not agent.spec.embeddings or not self._encoder.available:
                 agent.embed_state = "words only"
                 return
-            texts = [agent.mask(e) for _, e in agent.router.example_texts()]
+            texts = [e for _, e in agent.router.example_texts()]
             vectors = await self._encoder.encode_set(texts)
             if vectors is None:  # tried again at the next turn: the encoder may load then
                 log.warning("agent %s: routing by words for now (%s)", agent.spec.name,
@@ -403,7 +432,7 @@ def _override(agent: Agent, text: str, meaning: Meaning) -> Override | None:
     for _, toolset in agent.tools.values():
         if isinstance(toolset, Overriding):
             forced = toolset.override(text, meaning)
-            if forced is not None and forced.tool in agent.tools:
+            if forced is not None and (forced.tool is None or forced.tool in agent.tools):
                 return forced
     return None
 
@@ -442,6 +471,45 @@ def _asks_for_person(text: str) -> bool:
 def _looks_like_followup(text: str) -> bool:
     low = text.lower().strip()
     return low.startswith(FOLLOWUP_STARTS) or len(low.split()) <= 5
+
+
+def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
+    """Of the intents scored nearly as high as the chosen one, the tool whose required
+    details this very message gives most of: "Dr Kim Wednesday 1:30 for Ben Adeyemi" is a
+    booking even if it reads like a question about times; a canned answer ("that is
+    medical advice") gives way to a tool the message names a detail of. The hand-off tool
+    is never preferred this way."""
+    if intent not in route.scores or intent == OUT_OF_SCOPE:
+        return intent
+    floor = route.scores[intent] - NEAR
+    handoff = _handoff_tool(agent)
+    best, best_filled = intent, _filled(agent, intent, text)
+    for name, score in sorted(route.scores.items(), key=lambda kv: -kv[1]):
+        if score < floor or name in (intent, handoff) or name not in agent.tools:
+            continue
+        filled = _filled(agent, name, text)
+        if filled > best_filled:
+            best, best_filled = name, filled
+    return best
+
+
+def _filled(agent: Agent, name: str, text: str) -> int:
+    """How many required details of tool ``name`` the text itself gives (checked)."""
+    if name not in agent.tools:
+        return 0
+    tool, toolset = agent.tools[name]
+    found = _clean(toolset.extract(name, text, {}))
+    if not toolset.check(name, found):
+        return 0
+    return sum(1 for k in tool.schema["required"] if k in found)
+
+
+def _continues(agent: Agent, last: str, text: str) -> str | None:
+    if last not in agent.tools:
+        return None
+    toolset = agent.tools[last][1]
+    found = toolset.continues(last, text) if isinstance(toolset, Continuing) else None
+    return found if found in agent.tools else None
 
 
 def _out_of_scope(agent: Agent) -> str:

@@ -60,9 +60,24 @@ def money(text: str) -> float | None:
     return float(m.group(1).replace(",", "")) if m else None
 
 
-def parse_time(text: str) -> str | None:
-    """"3pm", "at 15:30", "10 am", "noon", "half past two" -> "HH:MM"."""
+_WORD_NUM = r"(\d{1,2}|" + "|".join(sorted({"one", "two", "three", "four", "five", "six", "seven",
+                                             "eight", "nine", "ten", "eleven", "twelve"},
+                                            key=len, reverse=True)) + r")"
+_HOURS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+          "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+
+
+def _hour_word(word: str) -> int | None:
+    return int(word) if word.isdigit() else _HOURS.get(word)
+
+
+def parse_time(text: str, bare: bool = False) -> str | None:
+    """"3pm", "at 15:30", "10 am", "noon", "half past two", "quarter to one", "twenty past
+    9", "2:30 in the afternoon" -> "HH:MM". An hour under 7 without am/pm is afternoon
+    (office hours). ``bare``: a time is what the message answers, so "10 is fine" or "make
+    it 11" is a time too."""
     low = text.lower()
+    afternoon = re.search(r"(?:in the )?(?:afternoon|evening)\b|\bpm\b", low) is not None
     if re.search(r"\bnoon\b|\bmidday\b", low):
         return "12:00"
     m = re.search(r"\b(\d{1,2})(?::|\.)?(\d{2})?\s*(a\.?m\.?|p\.?m\.?)(?![a-z])", low)
@@ -70,30 +85,58 @@ def parse_time(text: str) -> str | None:
         hour, minute = int(m.group(1)) % 12, int(m.group(2) or 0)
         if m.group(3).startswith("p"):
             hour += 12
-        return _hhmm(hour, minute)
+        return _valid_hhmm(hour, minute)
     m = re.search(r"\b([01]?\d|2[0-3]):([0-5]\d)\b", low)
     if m:
-        return _hhmm(int(m.group(1)), int(m.group(2)))
-    m = re.search(r"\b(?:at|around|by)\s+(\d{1,2})(?:\s*o'?clock)?\b(?!\s*(?:th|st|nd|rd|/|-))",
-                  low)
-    if m and 1 <= int(m.group(1)) <= 12:
-        hour = int(m.group(1))
-        return _hhmm(hour + 12 if hour < 7 else hour, 0)  # "at 3" in a clinic means 15:00
-    m = re.search(r"\bhalf past (\w+)", low)
-    if m and m.group(1) in NUMBER_WORDS:
-        hour = NUMBER_WORDS[m.group(1)]
-        return _hhmm(hour + 12 if hour < 7 else hour, 30)
+        return _office(int(m.group(1)), int(m.group(2)), afternoon)
+    m = re.search(r"\b(half|quarter|ten|twenty|twenty five|five) (past|to|after) " + _WORD_NUM
+                  + r"\b", low)
+    if m:
+        minutes = {"half": 30, "quarter": 15, "ten": 10, "twenty": 20, "twenty five": 25,
+                   "five": 5}[m.group(1)]
+        said = _hour_word(m.group(3))
+        if said is not None and 1 <= said <= 12:
+            if m.group(2) == "to":
+                said, minutes = (said - 1) or 12, 60 - minutes
+            return _office(said, minutes, afternoon)
+    m = re.search(r"\b(?:at|around|by|for)\s+" + _WORD_NUM + r"(?:\s*o'?clock)?\b"
+                  r"(?!\s*(?:(?:th|st|nd|rd)\b|/|-|people|of|units|pcs))", low)
+    if m is None and bare:
+        m = re.search(r"(?:^|\bit |\bmake it |\binstead |\bthe )\s*" + _WORD_NUM
+                      + r"(?:\s*o'?clock)?\b(?!\s*(?:(?:th|st|nd|rd)\b|/|-|days?|weeks?))", low)
+    if m:
+        said = _hour_word(m.group(1))
+        if said is not None and 1 <= said <= 12:
+            return _office(said, 0, afternoon)
     return None
+
+
+def _office(hour: int, minute: int, afternoon: bool) -> str | None:
+    """A 12-hour reading in office hours: 1-6 is afternoon, as is any hour said with
+    "afternoon"/"evening"."""
+    if hour <= 12 and (afternoon or hour < 7) and hour < 12:
+        hour += 12
+    return _valid_hhmm(hour, minute)
+
+
+def _valid_hhmm(hour: int, minute: int) -> str | None:
+    return _hhmm(hour, minute) if 0 <= hour < 24 and 0 <= minute < 60 else None
 
 
 def _hhmm(hour: int, minute: int) -> str:
     return f"{hour:02d}:{minute:02d}"
 
 
+_PARTS = (("morning", ("morning", "first thing", "before work", "before lunch", "early",
+                       " am ")),
+          ("afternoon", ("afternoon", "after lunch", "lunchtime", "after school")),
+          ("evening", ("evening", "after work", "tonight")))
+
+
 def part_of_day(text: str) -> str | None:
-    low = text.lower()
-    for part in ("morning", "afternoon", "evening"):
-        if part in low:
+    low = f" {text.lower()} "
+    for part, cues in _PARTS:
+        if any(c in low for c in cues):
             return part
     return None
 
@@ -137,10 +180,14 @@ def _relative_day(low: str, today: dt.date) -> dt.date | None:
 
 
 def _weekday(low: str, today: dt.date) -> dt.date | None:
-    m = re.search(r"\b(next|this|on|coming)?\s*(" + "|".join(
+    """The last weekday said that is not negated: "not tuesday, friday" is Friday."""
+    found = [m for m in re.finditer(r"\b(next|this|on|coming)?\s*(" + "|".join(
         sorted(list(WEEKDAYS) + list(_WEEKDAY_SHORT), key=len, reverse=True)) + r")\b", low)
-    if not m:
+        if not re.search(r"\b(?:not|no|except|instead of|rather than)\s*(?:on\s+)?$",
+                         low[:m.start(2)])]
+    if not found:
         return None
+    m = found[-1]
     day = WEEKDAYS.index(m.group(2)) if m.group(2) in WEEKDAYS else _WEEKDAY_SHORT[m.group(2)]
     ahead = (day - today.weekday()) % 7 or 7  # "Tuesday" on a Tuesday means next week's
     if m.group(1) == "next" and ahead < 7 and (day - today.weekday()) % 7 <= 0:

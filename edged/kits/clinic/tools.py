@@ -31,6 +31,9 @@ from edged.errors import BadRequest, ConfigError, EdgedError, Unauthorized
 from edged.store import Store
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+                             "Saturday", "Sunday"), strict=True))
+GENERIC_CUES = frozenset(("doctor", "physician", "general"))  # any specialty's, last
 SPECIALTY_WORDS = {
     "family medicine": ("gp", "family", "general", "doctor", "physician", "checkup",
                         "check-up", "physical"),
@@ -45,7 +48,8 @@ SPECIALTY_WORDS = {
     "mental health": ("therapist", "therapy", "psychiatrist", "counselling", "counseling",
                       "anxiety", "depression"),
     "physiotherapy": ("physio", "physiotherapist", "physical therapy", "rehab"),
-    "ophthalmology": ("eye", "eyes", "vision", "ophthalmologist", "optometrist"),
+    "ophthalmology": ("eye", "eyes", "vision", "ophthalmologist", "optometrist",
+                      "optician"),
     "laboratory": ("lab", "blood", "bloodwork", "draw", "test"),
 }
 Section = Literal["appointments", "results", "prescriptions", "billing"]
@@ -128,7 +132,8 @@ def load_rule(path: Path) -> SafetyRule:
         rule = tomllib.loads(path.read_text())["rule"]
         return SafetyRule(float(rule["margin"]), float(rule["floor"]), float(rule["veto"]))
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"clinic kit: {path}: [rule] needs margin, floor and veto ({e})") from None
+        raise ConfigError(f"clinic kit: {path}: [rule] needs margin, floor and veto "
+                          f"({e})") from None
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,9 @@ class ClinicTools:
             return Override("escalate_to_human", {"reason": "urgent"}, (EMERGENCY, CRISIS))
         if (_cue(RED_FLAGS, text) and not routine) or urgent == "red_flag":
             return Override("escalate_to_human", {"reason": "urgent"}, (EMERGENCY,))
+        asked = self.unknown_specialty(text)
+        if asked and not self.find_providers(text):
+            return Override(None, {}, (self._no_provider(f"a {asked.rstrip('s')}")["summary"],))
         cancel = self._groups.get("cancel")
         if _cue(CANCEL, text) or (cancel is not None and cancel.threshold is not None
                                   and meaning.near("cancel", cancel.threshold)):
@@ -227,16 +235,26 @@ class ClinicTools:
         """Providers a text names: by name ("Dr. Patel", "patel") or by specialty."""
         toks = words(text)
         by_name = [p for p in self.providers if any(
-            similarity(w, n) >= 0.85 for w in toks if len(w) > 2
+            _same_name(w, n) for w in toks if len(w) > 2
             for n in normalize(p.name).split()[1:] if n not in ("dr", "nurse"))]
         if by_name:
             return by_name
         low = " " + normalize(text) + " "
-        for specialty, cues in SPECIALTY_WORDS.items():
-            if f" {specialty} " in low or any(f" {c} " in low or f" {c}s " in low
-                                               for c in cues):
-                return [p for p in self.providers if p.specialty == specialty]
-        return []
+        said = [(specialty, [c for c in cues if f" {c} " in low or f" {c}s " in low])
+                for specialty, cues in SPECIALTY_WORDS.items()]
+        said = [(sp, cues) for sp, cues in said if cues or f" {sp} " in low]
+        # "kids doctor" is pediatrics: a specific cue wins over "doctor"
+        specific = [sp for sp, cues in said if set(cues) - GENERIC_CUES or not cues]
+        chosen = specific[0] if specific else (said[0][0] if said else None)
+        return [p for p in self.providers if p.specialty == chosen] if chosen else []
+
+    def unknown_specialty(self, text: str) -> str | None:
+        """A specialist the text asks for that no provider here is ("a neurologist")."""
+        m = re.search(r"\b([a-z]+(?:ologist|ology|iatrist|iatrician|ician|opedist|urgeon)s?)"
+                      r"\b", text.lower())
+        if m is None or self.find_providers(m.group(1)):
+            return None
+        return m.group(1)
 
     async def _taken(self, provider_ids: list[str], day: dt.date) -> set[tuple[str, str]]:
         marks = ",".join("?" * len(provider_ids))
@@ -277,23 +295,56 @@ class ClinicTools:
         """
         providers = self.find_providers(provider) if provider else list(self.providers)
         if not providers:
-            return {"found": False, "provider": provider,
-                    "summary": f"I couldn't find a provider or specialty called {provider}."}
-        days = [_day(date)] if date else [self._clock().date() + dt.timedelta(days=i)
-                                          for i in range(0, 8)]
-        for day in days:
-            slots = await self.free_slots(providers, day, part_of_day)
-            if slots:
-                break
+            return self._no_provider(provider or "")
         who = provider or "any provider"
+        if date:
+            slots = await self.free_slots(providers, _day(date), part_of_day)
+            if not slots:
+                return await self._none_that_day(providers, _day(date), part_of_day, who)
+        else:
+            slots = await self._first_free(providers, self._clock().date(), part_of_day)
         if not slots:
             return {"found": False, "provider": who, "date": date, "slots": [],
-                    "summary": f"There are no free slots for {who}"
-                               f"{' on ' + date if date else ' this week'}."}
+                    "summary": f"There are no free slots for {who} in the next two weeks."}
         shown = slots[:6]
         times = ", ".join(f"{s['time']} with {s['provider']}" for s in shown)
         return {"found": True, "provider": who, "date": shown[0]["date"], "slots": shown,
                 "summary": f"Free on {_nice(shown[0]['date'])}: {times}."}
+
+    async def _first_free(self, providers: list[Provider], start: dt.date,
+                          part: str | None, days: int = 14) -> list[JSON]:
+        for i in range(days):
+            slots = await self.free_slots(providers, start + dt.timedelta(days=i), part)
+            if slots:
+                return slots
+        return []
+
+    async def _none_that_day(self, providers: list[Provider], day: dt.date,
+                             part: str | None, who: str) -> JSON:
+        """Nothing free that day: say which days they work and the next free ones."""
+        works = sorted({d for p in providers for d in p.days}, key=DAYS.index)
+        off = DAYS[day.weekday()] not in works
+        nxt: list[JSON] = []
+        at = day + dt.timedelta(days=1)
+        while len({s["date"] for s in nxt}) < 2 and at <= day + dt.timedelta(days=14):
+            found = await self.free_slots(providers, at, part)
+            nxt.extend(found[:3])
+            at += dt.timedelta(days=1)
+        days_said = ", ".join(_DAY_NAMES[d] for d in works)
+        why = (f"{who} does not work on {_DAY_NAMES[DAYS[day.weekday()]]}s (works "
+               f"{days_said})" if off else f"{who} has no free slots on {_nice(day.isoformat())}")
+        offer = "; ".join(f"{_nice(s['date'])} at {s['time']} with {s['provider']}"
+                          for s in nxt[:4])
+        return {"found": False, "provider": who, "date": day.isoformat(), "slots": nxt[:4],
+                "works": works,
+                "summary": f"Sorry, {why}. The next free slots: {offer}." if offer
+                           else f"Sorry, {why}, and there is nothing free soon after."}
+
+    def _no_provider(self, asked: str) -> JSON:
+        specialties = sorted({p.specialty for p in self.providers})
+        return {"found": False, "provider": asked,
+                "summary": f"We don't have {asked} at this clinic. Our specialties are: "
+                           f"{', '.join(specialties)}."}
 
     @tool
     async def book_appointment(
@@ -444,22 +495,48 @@ class ClinicTools:
     def question(self, tool_name: str, slot: str) -> str | None:
         return QUESTIONS.get(slot)
 
+    def instead(self, tool_name: str, args: JSON, missing: list[str],
+                state: JSON) -> tuple[str, JSON] | None:
+        """A booking with no day or time yet shows the free slots first: the patient picks
+        one of them, and is asked their name only once the slot is known."""
+        if (tool_name != "book_appointment" or not args.get("provider")
+                or not ({"date", "time"} & set(missing))):
+            return None
+        wanted = {k: args[k] for k in ("provider", "date") if args.get(k)}
+        if state.get("part_of_day"):
+            wanted["part_of_day"] = state["part_of_day"]
+        return "check_appointment_availability", wanted
+
+    def continues(self, last_tool: str, text: str) -> str | None:
+        """After free slots were listed, a time or a name picks one: that is a booking."""
+        if last_tool == "check_appointment_availability" and (
+                parse_time(text, bare=True) or _patient_name(text)):
+            return "book_appointment"
+        return None
+
 
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         today = self._clock().date()
         name = _patient_name(text)
         about = text.replace(name, " ") if name else text  # "Omar Haddad" is not Dr. Haddad
         found = self.find_providers(about)
+        if re.search(r"\b(?:other|another|different)\b", about.lower()) and len(found) > 1:
+            # "the other family doctor": not the one we were talking about
+            found = [p for p in found if p.name != state.get("provider")] or found
+            found = found[:1] if state.get("provider") else found
         provider = _provider_label(found, about) or state.get("provider")
         day = parse_date(text, today)
         args: JSON = {"provider": provider, "date": day.isoformat() if day else state.get("date")}
+        part = part_of_day(text)
+        state["part_of_day"] = part or (state.get("part_of_day") if not found else None)
         if tool_name == "check_appointment_availability":
-            args["part_of_day"] = part_of_day(text)
+            args["part_of_day"] = state["part_of_day"]
             if not found and day is None:  # a fresh question, not a follow-up
                 args["date"] = state.get("date") if state.get("provider") else None
             return args
         if tool_name == "book_appointment":
-            args["time"] = parse_time(text) or state.get("time")
+            answering = bool(state.get("pending")) or state.get("last_tool") is not None
+            args["time"] = parse_time(text, bare=answering) or state.get("time")
             args["patient_name"] = name or state.get("patient_name")
             return args
         if tool_name == "access_patient_portal":
@@ -539,14 +616,58 @@ def _provider_label(found: list[Provider], text: str) -> str | None:
     return named[0].name if named else found[0].specialty
 
 
+_NAME_WORD = r"[A-Za-z][a-z]+(?:['-][A-Za-z][a-z]+)?"
+_FULL_NAME = rf"({_NAME_WORD}(?: {_NAME_WORD}){{1,2}})"
+_NOT_NAMES = frozenset((
+    "dr", "doctor", "nurse", "monday", "tuesday", "wednesday", "thursday", "friday",
+    "saturday", "sunday", "today", "tomorrow", "morning", "afternoon", "evening", "the",
+    "my", "a", "an", "me", "him", "her", "book", "please", "thanks", "next", "this", "at",
+    "on", "with", "and", "for", "is", "it", "ok", "okay", "yes", "name", "same", "appointment",
+))
+
+
+def _same_name(said: str, name: str) -> bool:
+    """A typo of a name ("shmidt", "nguyn") is the name; a short word must be exact
+    ("same" is not Sam)."""
+    if len(said) < 5 or len(name) < 5:
+        return said == name
+    return similarity(said, name) >= 0.85
+
+
 def _patient_name(text: str) -> str | None:
-    m = re.search(r"(?i:my name is|name is|i am|i'm|for|patient|name:)\s+"
-                  r"([A-Z][a-z]+(?:[ -][A-Z][a-z]+){1,2})", text)
-    if m and m.group(1).split()[0] not in ("Dr", "Doctor", "Monday", "Tuesday", "Wednesday",
-                                          "Thursday", "Friday", "Saturday", "Sunday"):
-        return m.group(1)
-    m = re.fullmatch(r"\s*([A-Z][a-z]+(?: [A-Z][a-z]+){1,2})\s*\.?\s*", text)
-    return m.group(1) if m else None
+    """The patient's full name: after "my name is", "name:", "for", "I'm"; before "here";
+    or a capitalised name that ends a clause ("..., Harold Finch.") or is the whole
+    message. Words that are days, titles or request words are never a name."""
+    cap = r"([A-Z][a-z]+(?:['-][A-Za-z][a-z]+)?(?: [A-Z][a-z]*(?:['-][A-Za-z][a-z]+)?){1,2})"
+    cues = (rf"(?i:my name is|my names|my name's|name is|name's|name:|patient)\s+{_FULL_NAME}",
+            rf"(?:I am|I'm|Im|it's for|its for|for my \w+,?|for)\s+{cap}",
+            rf"{cap}\s+(?i:here)\b",
+            rf"(?:^|[,.;:]\s*){cap}\s*[.!]?\s*$",
+            rf"\bfor\s+{_FULL_NAME}\s*[.!]?\s*$")  # "... for ben adeyemi" ends a booking
+    for cue in cues:
+        for m in re.finditer(cue, text.strip()):
+            name = _clean_name(m.group(1))
+            if name and not _clinic_words(name):
+                return name
+    return None
+
+
+def _clinic_words(name: str) -> bool:
+    """Does a would-be name hold words of a request ("blood work", "skin check")?"""
+    low = set(name.lower().split())
+    cues = {c for words_ in SPECIALTY_WORDS.values() for c in words_}
+    cues |= {c for _, words_ in _SECTIONS for c in words_}
+    cues |= {"work", "check", "exam", "visit", "test", "shot", "scan", "review", "follow"}
+    return bool(low & cues)
+
+
+def _clean_name(found: str) -> str | None:
+    parts = found.split()
+    while parts and parts[-1].lower() in _NOT_NAMES:
+        parts.pop()
+    if len(parts) < 2 or any(p.lower() in _NOT_NAMES for p in parts):
+        return None
+    return " ".join(parts)
 
 
 _SECTIONS = (("results", ("result", "lab", "test", "blood work", "bloodwork", "report",
@@ -570,8 +691,10 @@ def _section_of(text: str) -> str | None:
 # routing) decides it, so "the emergency visit line on my bill" is a billing question.
 _REASONS = (
             ("billing", ("bill", "insurance", "charge", "payment", "invoice", "refund",
-                         "copay")),
-            ("records", ("record", "form", "letter", "transfer", "certificate", "copy")),
+                         "copay", "receipt", "hsa", "statement", "covered", "coverage",
+                         "ppo", "hmo", "deductible", "medicare", "medicaid")),
+            ("records", ("record", "form", "letter", "transfer", "certificate", "copy",
+                         "images", "files", "notes", "history")),
             ("prescription", ("prescription", "refill", "medication", "pharmacy")))
 
 
