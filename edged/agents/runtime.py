@@ -479,8 +479,8 @@ def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
     booking even if it reads like a question about times; a canned answer ("that is
     medical advice") gives way to a tool the message names a detail of. The hand-off tool
     is never preferred this way."""
-    if intent not in route.scores or intent == OUT_OF_SCOPE:
-        return intent
+    if intent not in route.scores or intent in (OUT_OF_SCOPE, _handoff_tool(agent)):
+        return intent  # a person asking for help is never redirected to a tool
     floor = route.scores[intent] - NEAR
     handoff = _handoff_tool(agent)
     best, best_filled = intent, _filled(agent, intent, text)

@@ -120,11 +120,12 @@ def build_cached(source: Source, weights_sha: str, graph: Path) -> None:
     built = build(read_tensors(memoryview(weights)), shape_of(config))
     vocab, manifest = cached_paths(graph)
     graph.parent.mkdir(parents=True, exist_ok=True)
-    _write(vocab, lambda out: out.write(vocab_text.encode("utf-8")))
+    manifest.unlink(missing_ok=True)  # a rebuild cut short must not look whole
+    vocab_sha = _write(vocab, lambda out: out.write(vocab_text.encode("utf-8")))
     graph_sha = _write(graph, built.write)
     record = {"graph_version": GRAPH_VERSION, "weights_sha256": weights_sha,
               "source": str(source.archive), "graph_sha256": graph_sha,
-              "vocab_sha256": hashlib.sha256(vocab_text.encode("utf-8")).hexdigest(),
+              "vocab_sha256": vocab_sha,
               "max_positions": int(config.get("max_position_embeddings", 512))}
     _write(manifest, lambda out: out.write(json.dumps(record, indent=1).encode()))
     fsync_dir(graph.parent)

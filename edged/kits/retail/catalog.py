@@ -214,6 +214,10 @@ class Catalog:
             bare = re.fullmatch(r"(\d{2,4})gb", normalize(value).replace(" ", ""))
             if key == "storage" and bare and f" {bare.group(1)} " in norm:
                 return value  # "midnight 512" next to a line sold in 512GB
+            sized = re.fullmatch(r"(\d{2,3})(?:in|mm)", normalize(value).replace(" ", ""))
+            if key == "size" and sized and re.search(rf" {sized.group(1)}s? ", norm):
+                return value  # "the 55" of a TV sold in 55in
+
         if key == "color":  # "hazle" is Hazel: a one-word colour name, misspelt
             said = [w for w in norm.split() if len(w) > 3 and w.isalpha()]
             for value in sorted(values):
@@ -228,7 +232,26 @@ class Catalog:
         return f"{m.group(1)}{m.group(2).upper()}" if m else None
 
 
+    def sizes_of(self, line: Line) -> set[str]:
+        """The bare numbers of a line's sizes and storage ("55" of 55in, "256" of 256GB)."""
+        found = set()
+        for p in line.variants:
+            for key in ("size", "storage"):
+                m = re.match(r"(\d+)", p.attributes.get(key, ""))
+                if m:
+                    found.add(m.group(1))
+        return found
+
+    def size_said(self, text: str) -> str | None:
+        """A screen or case size the text names ("75 inch", "44mm"), sold or not."""
+        m = _SIZE_SAID.search(text)
+        if m is None:
+            return None
+        return f"{m.group(1)}{'mm' if m.group(2).lower() == 'mm' else 'in'}"
+
+
 _STORAGE_SAID = re.compile(r"\b(\d{1,4}) ?(gb|tb)\b", re.I)
+_SIZE_SAID = re.compile(r"\b(\d{2,3}) ?(inch|inches|in|\"|mm)(?![a-z])", re.I)
 COLOR_WORDS = ("black", "white", "silver", "gray", "grey", "blue", "green", "pink", "purple",
                "red", "gold", "beige", "navy")
 

@@ -109,11 +109,13 @@ class RetailTools:
         stock = await self._stock([p.sku for p in variants])
         rows = [_row(p, stock[p.sku], where) for p in variants]
         here = sum(r["in_stock_here"] for r in rows)
+        named = _variant_named(variants, [k for k, v in (("color", color), ("storage", storage),
+                                                          ("size", size)) if v])
         return {"carried": True, "product": line.line.model, "variant_found": True,
                 "in_stock_here": here if where == self.here else None,
                 "in_stock_there": here if where != self.here else None,
                 "store": where, "variants": rows[:8],
-                "summary": self._stock_summary(line.line, rows, here, wanted, where)}
+                "summary": self._stock_summary(line.line, rows, here, named, where)}
 
     def store_of(self, said: str | None) -> str | None:
         """A store id from what the customer called it ("the mall", "airport", an id)."""
@@ -380,6 +382,7 @@ class RetailTools:
                     args[key] = self.catalog.attribute_in(line, key, text)
                 # A size we don't sell is still the customer's: the tool says there is none.
                 args["storage"] = args["storage"] or self.catalog.storage_said(text)
+                args["size"] = args["size"] or self.catalog.size_said(text)
             return args
         if tool_name == "find_alternatives":
             # Only what the message or the conversation names; nothing grounded: ask.
@@ -390,10 +393,50 @@ class RetailTools:
             pending = state.get("pending") or {}
             if pending.get("tool") == tool_name and pending.get("args", {}).get("items"):
                 return {"items": self._resolve(pending["args"]["items"], text)}
-            return {"items": self._quote_items(text, state)}
+            changed = self._quote_changed(text, state)
+            if changed is not None:
+                return {"items": changed}
+            items = self._quote_items(text, state)
+            previous = state.get("quote") or []
+            if previous and _ADDS.search(text) and self.catalog.match_line(text):
+                return {"items": [*previous, *items]}  # "and one airpods 4 as well"
+            return {"items": items}
         if tool_name == "create_ticket":
             return {"topic": _ticket_topic(text), "summary": text.strip()[:200]}
         return {}
+
+    def _quote_changed(self, text: str, state: JSON) -> list[JSON] | None:
+        """A change to the last quote that names no product: "actually 3 of them", "a
+        couple is enough", "make it the 55", "two of the 55s": the same line, with the
+        quantity or variant now said (later values replace earlier ones)."""
+        previous = state.get("quote") or []
+        if not previous or self.catalog.match_line(text) is not None:
+            return None
+        last = previous[-1]
+        line = self._line_named(str(state.get("product") or last["product"]))
+        count = quantity(text)
+        variant = ""
+        if line is not None:
+            sizes = self.catalog.sizes_of(line)
+            count = quantity(" ".join(w for w in words(text) if w.rstrip("s") not in sizes))
+            variant = " ".join(v for k in ("storage", "size", "color")
+                               if (v := self.catalog.attribute_in(line, k, text)))
+        if count is None and not variant:
+            return None
+        product = f"{line.model} {variant}" if line is not None and variant else last["product"]
+        return [*previous[:-1], {"product": product,
+                                 "quantity": count if count is not None else last["quantity"]}]
+
+    def continues(self, last_tool: str, text: str) -> str | None:
+        """After a quote, "add X", "X too", "a couple is enough" change that quote."""
+        if last_tool != "create_price_quote":
+            return None
+        if _ADDS.search(text) and self.catalog.match_line(text):
+            return "create_price_quote"
+        if self.catalog.match_line(text) is None and (
+                quantity(text) is not None or _REFERS.search(text)):
+            return "create_price_quote"
+        return None
 
     def _line_named(self, model: str) -> Line | None:
         found = self.catalog.match_line(model)
@@ -415,8 +458,10 @@ class RetailTools:
                 if unknown and said_count:  # "2 flux capacitors" is not dropped unsaid
                     unknown_items.append({"product": unknown[:80], "quantity": 1})
                 continue
-            if count is None:
-                count = quantity(" ".join(w for w in words(part) if w not in match.span))
+            if count is None:  # "u8 55" is the 55in, not 55 of them
+                sizes = self.catalog.sizes_of(match.line)
+                count = quantity(" ".join(w for w in words(part)
+                                          if w not in match.span and w not in sizes))
             attrs = " ".join(v for k in ("storage", "size", "color")
                              if (v := self.catalog.attribute_in(match.line, k, part)))
             if self.catalog.attribute_in(match.line, "storage", part) is None:
@@ -495,7 +540,9 @@ class RetailTools:
             return
         product = result.get("product")
         if tool_name == "create_price_quote" and result.get("lines"):
-            product = self._model_of(result["lines"][0]["sku"])
+            product = self._model_of(result["lines"][-1]["sku"])
+            state["quote"] = [{"product": ln["name"], "quantity": ln["quantity"]}
+                              for ln in result["lines"]]
         if not product:
             return
         if tool_name == "check_inventory":  # the variant chosen, for "how much for 6?"
@@ -539,6 +586,8 @@ _COUNT = re.compile(r"(?<![\w$.,-])(-?\d+(?:\.\d+)?|" + "|".join(
 _UNIT = re.compile(r"(?:gb|tb|mm|inch|in\b|am\b|pm\b|%|w\b)", re.I)
 
 
+_ADDS = re.compile(r"\b(?:add|also|too|as well|plus|throw in|and another|on top)\b", re.I)
+_REFERS = re.compile(r"\b(?:of (?:them|those|these)|them|those|these|that one|it)\b", re.I)
 _GENERIC_STORE_WORDS = frozenset(("store", "shop", "terminal", "main", "street"))
 
 
@@ -550,6 +599,17 @@ def _bare_count(text: str) -> int | None:
 
 def _said_number(n: float) -> str:
     return str(int(n)) if n == int(n) else str(n)
+
+
+def _variant_named(variants: list[Product], keys: list[str]) -> str:
+    """The catalog's own words for the variant asked ("Deep Sea Blue", not "blue"): each
+    attribute asked that all the fitting variants share."""
+    said = []
+    for key in keys:
+        values = {p.attributes.get(key, "") for p in variants}
+        if len(values) == 1 and "" not in values:
+            said.append(values.pop())
+    return " ".join(said)
 
 
 def _variant_label(p: Product) -> str:
