@@ -118,7 +118,7 @@ class Preparing(Protocol):
 
 @runtime_checkable
 class Continuing(Protocol):
-    def continues(self, last_tool: str, text: str) -> str | None:
+    def continues(self, last_tool: str, text: str, state: JSON) -> str | None:
         """The tool a message continues with after ``last_tool`` ran (a time picked from
         listed slots is a booking), whatever its words route to; None if it does not."""
         ...

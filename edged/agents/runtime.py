@@ -273,7 +273,7 @@ class AgentRuntime:
         if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
             return str(pending["tool"])
         last = state.get("last_tool")
-        following = _continues(agent, last, text) if last else None
+        following = _continues(agent, last, text, state) if last else None
         if following is not None and (strong is None or route.score < CONFIDENT
                                       or strong == following):
             return following
@@ -504,11 +504,11 @@ def _filled(agent: Agent, name: str, text: str) -> int:
     return sum(1 for k in tool.schema["required"] if k in found)
 
 
-def _continues(agent: Agent, last: str, text: str) -> str | None:
+def _continues(agent: Agent, last: str, text: str, state: JSON) -> str | None:
     if last not in agent.tools:
         return None
     toolset = agent.tools[last][1]
-    found = toolset.continues(last, text) if isinstance(toolset, Continuing) else None
+    found = toolset.continues(last, text, state) if isinstance(toolset, Continuing) else None
     return found if found in agent.tools else None
 
 

@@ -26,8 +26,9 @@ def words(text: str) -> list[str]:
 
 
 def normalize(text: str) -> str:
-    """Lowercase alphanumerics only: "Galaxy S24-Ultra" -> "galaxy s24 ultra"."""
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+    """Lowercase alphanumerics only: "Galaxy S24-Ultra" -> "galaxy s24 ultra"; a plural of
+    a model number is the number ("two pixel 9s" -> "two pixel 9")."""
+    return " ".join(re.sub(r"^(\d+)s$", r"\1", w) for w in re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def similarity(a: str, b: str) -> float:

@@ -507,7 +507,7 @@ class ClinicTools:
             wanted["part_of_day"] = state["part_of_day"]
         return "check_appointment_availability", wanted
 
-    def continues(self, last_tool: str, text: str) -> str | None:
+    def continues(self, last_tool: str, text: str, state: JSON) -> str | None:
         """After free slots were listed, a time or a name picks one: that is a booking."""
         if last_tool == "check_appointment_availability" and (
                 parse_time(text, bare=True) or _patient_name(text)):

@@ -209,7 +209,7 @@ class Catalog:
                        if "color_family" in p.attributes}
             values |= set(COLOR_WORDS) & set(norm.split())
         for value in sorted(values, key=len, reverse=True):
-            if f" {normalize(value)} " in norm or f" {normalize(value).replace(' ', '')} " in norm:
+            if _said(norm, normalize(value)) or _said(norm, normalize(value).replace(" ", "")):
                 return value
             bare = re.fullmatch(r"(\d{2,4})gb", normalize(value).replace(" ", ""))
             if key == "storage" and bare and f" {bare.group(1)} " in norm:
@@ -254,6 +254,14 @@ _STORAGE_SAID = re.compile(r"\b(\d{1,4}) ?(gb|tb)\b", re.I)
 _SIZE_SAID = re.compile(r"\b(\d{2,3}) ?(inch|inches|in|\"|mm)(?![a-z])", re.I)
 COLOR_WORDS = ("black", "white", "silver", "gray", "grey", "blue", "green", "pink", "purple",
                "red", "gold", "beige", "navy")
+
+
+def _said(norm: str, phrase: str) -> bool:
+    """Is ``phrase`` in the normalised text other than negated ("black, not the white")?"""
+    for m in re.finditer(rf" {re.escape(phrase)} ", norm):
+        if not re.search(r" (?:not|no|except|but not)(?: the| a| an)? ?$", norm[:m.start() + 1]):
+            return True
+    return False
 
 
 def _attr_matches(p: Product, key: str, wanted: str) -> bool:

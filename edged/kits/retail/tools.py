@@ -315,7 +315,7 @@ class RetailTools:
             await db.execute("INSERT INTO price_quotes (id, agent, created, body) VALUES "
                              "(?, ?, ?, ?)", (quote["id"], ctx.agent, time.time(),
                                               json.dumps(quote)))
-        items = ", ".join(f"{ln['quantity']} x {ln['name']}"
+        items = ", ".join(f"{ln['quantity']} x {ln['name']} at ${ln['unit_price']:.2f}"
                           + (f" ({ln['discount_percent']:g}% off)" if ln["discount_percent"]
                              else "") for ln in lines)
         # The discount is said, so subtotal - discount + tax = total adds up on the screen.
@@ -427,14 +427,16 @@ class RetailTools:
         return [*previous[:-1], {"product": product,
                                  "quantity": count if count is not None else last["quantity"]}]
 
-    def continues(self, last_tool: str, text: str) -> str | None:
+    def continues(self, last_tool: str, text: str, state: JSON) -> str | None:
         """After a quote, "add X", "X too", "a couple is enough" change that quote."""
         if last_tool != "create_price_quote":
             return None
         if _ADDS.search(text) and self.catalog.match_line(text):
             return "create_price_quote"
-        if self.catalog.match_line(text) is None and (
-                quantity(text) is not None or _REFERS.search(text)):
+        line = self._line_named(str(state.get("product") or ""))
+        sizes = self.catalog.sizes_of(line) if line is not None else set()
+        count = quantity(" ".join(w for w in words(text) if w.rstrip("s") not in sizes))
+        if self.catalog.match_line(text) is None and count is not None:
             return "create_price_quote"
         return None
 
