@@ -15,16 +15,20 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from edged.errors import EdgedError
 from edged.models.contract import Inference
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-Matrix = npt.NDArray[np.float32]
+    Matrix = npt.NDArray[np.float32]
+else:
+    Matrix = Any  # numpy is imported when vectors are first made (idle RSS: docs/performance.md)
+
+log = logging.getLogger(__name__)
 BATCH = 32
 
 
@@ -54,6 +58,8 @@ class Encoder:
                         e.message)
             self.state = f"unavailable: {e.message}"
             return None
+        import numpy as np
+
         self.state = "ready"
         return _unit(np.asarray(rows, dtype=np.float32))
 
@@ -80,11 +86,15 @@ class Encoder:
 
 
 def _unit(rows: Matrix) -> Matrix:
+    import numpy as np
+
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return (rows / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
 def _load(path: Path, count: int) -> Matrix | None:
+    import numpy as np
+
     try:
         found = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
@@ -98,6 +108,8 @@ def _load(path: Path, count: int) -> Matrix | None:
 def _save(path: Path, vectors: Matrix) -> None:
     """Temp file + rename: a crash leaves the old file or none, never half a matrix."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         np.save(f, vectors, allow_pickle=False)

@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edged.agents.encoder import Matrix
 from edged.errors import ConfigError
 
@@ -139,7 +137,7 @@ class Router:
         per: dict[str, list[float]] = {i.name: [] for i in self.intents}
         for name, sim in zip(self._names, sims.tolist(), strict=True):
             per[name].append(sim)
-        return {n: _top_mean(v) for n, v in per.items()}, float(np.max(sims))
+        return {n: _top_mean(v) for n, v in per.items()}, float(sims.max())
 
     def route(self, text: str, query: Matrix | None = None) -> Route:
         scores = self.lexical(text)

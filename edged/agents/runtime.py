@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from edged.agents import portal
 from edged.agents.config import AgentSpec
 from edged.agents.encoder import Encoder, Matrix, clauses
@@ -53,6 +51,7 @@ MAX_MESSAGE = 2000
 CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
 OUT_OF_SCOPE = "<out of scope>"
 NEAR = 0.08  # intents this close to the best one compete on the details a message gives
+NEAR_CANNED = 0.15  # a canned answer gives way sooner: a message with details wants a tool
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
 _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
                      r"(?:talk|speak) to (?:someone|somebody))\b", re.I)
@@ -439,6 +438,8 @@ def _override(agent: Agent, text: str, meaning: Meaning) -> Override | None:
 
 def _top_mean_rows(sims: Matrix, k: int = 5) -> Matrix:
     """Per row, the mean of its ``k`` best values: one lucky exemplar is not a match."""
+    import numpy as np
+
     k = min(k, sims.shape[1])
     best: Matrix = np.sort(sims, axis=1)[:, -k:].mean(axis=1)
     return best
@@ -481,7 +482,7 @@ def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
     is never preferred this way."""
     if intent not in route.scores or intent in (OUT_OF_SCOPE, _handoff_tool(agent)):
         return intent  # a person asking for help is never redirected to a tool
-    floor = route.scores[intent] - NEAR
+    floor = route.scores[intent] - (NEAR_CANNED if intent in agent.replies else NEAR)
     handoff = _handoff_tool(agent)
     best, best_filled = intent, _filled(agent, intent, text)
     for name, score in sorted(route.scores.items(), key=lambda kv: -kv[1]):

@@ -103,7 +103,8 @@ def parse_time(text: str, bare: bool = False) -> str | None:
     m = re.search(r"\b(?:at|around|by|for)\s+" + _WORD_NUM + r"(?:\s*o'?clock)?\b"
                   r"(?!\s*(?:(?:th|st|nd|rd)\b|/|-|people|of|units|pcs))", low)
     if m is None and bare:
-        m = re.search(r"(?:^|\bit |\bmake it |\binstead |\bthe )\s*" + _WORD_NUM
+        m = re.search(r"(?:^|\b(?:it|make it|instead|the|ok|okay|yes|fine|sure|then|so) )\s*"
+                      + _WORD_NUM
                       + r"(?:\s*o'?clock)?\b(?!\s*(?:(?:th|st|nd|rd)\b|/|-|days?|weeks?))", low)
     if m:
         said = _hour_word(m.group(1))
@@ -240,3 +241,30 @@ def _future(today: dt.date, month: int, day: int) -> dt.date | None:
         if found >= today:
             return found
     return None
+
+
+_ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3,
+             "4th": 3, "last": -1, "latest": -1, "earliest": 0}
+
+
+def pick_listed(text: str, labels: list[str]) -> int | None:
+    """Which of the items the last reply listed ``text`` refers to: "the second one", "the
+    last", "the Brother one" (a word that names exactly one of them). None if it names
+    none, or several."""
+    if not labels:
+        return None
+    toks = words(text)
+    for t in toks:
+        if t in _ORDINALS and (t not in ("first", "last") or "one" in toks or len(toks) <= 4
+                               or any(w in toks for w in ("the", "that"))):
+            i = _ORDINALS[t]
+            return i if i < len(labels) else None
+    named = [i for i, label in enumerate(labels)
+             if any(t in words(label) for t in toks if len(t) > 2 and t not in _COMMON)]
+    distinct = {words(labels[i])[0] for i in named} if named else set()
+    return named[0] if named and (len(named) == 1 or len(distinct) == 1) else None
+
+
+_COMMON = frozenset(("the", "one", "with", "and", "for", "that", "this", "what", "about",
+                     "have", "you", "how", "much", "black", "white", "blue", "red", "green",
+                     "gray", "grey", "silver", "gold", "pink", "purple"))

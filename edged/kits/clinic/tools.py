@@ -24,7 +24,15 @@ from edged.agents import portal
 from edged.agents.config import AgentSpec
 from edged.agents.kit import Meaning, Override, read_seed
 from edged.agents.sessions import Sealer
-from edged.agents.slots import normalize, parse_date, parse_time, part_of_day, similarity, words
+from edged.agents.slots import (
+    normalize,
+    parse_date,
+    parse_time,
+    part_of_day,
+    pick_listed,
+    similarity,
+    words,
+)
 from edged.agents.tickets import NOT_NOTIFIED, Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
 from edged.errors import BadRequest, ConfigError, EdgedError, Unauthorized
@@ -34,6 +42,7 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
                              "Saturday", "Sunday"), strict=True))
 GENERIC_CUES = frozenset(("doctor", "physician", "general"))  # any specialty's, last
+GENERALIST = "family medicine"
 SPECIALTY_WORDS = {
     "family medicine": ("gp", "family", "general", "doctor", "physician", "checkup",
                         "check-up", "physical"),
@@ -86,8 +95,17 @@ SELF_HARM = (
     r"(?:wont|will not|not going to|wouldnt) be (?:here|around|alive)(?: \w+){0,3}",
     r"(?:saying|say|said) (?:my )?goodbyes?", r"goodbye (?:note|letter|message|post)",
 )
+_BOOKED = (r"(?:appt|appointment|booking|visit|slot|blood test|check ?up|session|physio|"
+           r"scan|consult\w*)")
 CANCEL = (r"cancel\w*", r"reschedul\w*", r"re schedule", r"postpon\w*",
-          r"(?:move|change|push back) my (?:appointment|booking|visit)")
+          # a change to an appointment the patient already has
+          rf"(?:move|change|switch|shift|swap|rebook|bring forward|push back)\b(?: \w+){{0,4}} "
+          rf"(?:my|our|his|her|the|their) (?:\w+ )?{_BOOKED}",
+          rf"(?:my|our|his|her|the) (?:\w+ )?{_BOOKED} (?:moved|changed|pushed back)",
+          r"(?:wont|will not|cant|cannot|can not|not going to|unable to) (?:be able to )?"
+          r"make (?:it|my|the|our|his|her)\b",
+          r"take (?:me|us|him|her|them) off", rf"different (?:day|time) for (?:my|the) "
+                                               rf"(?:\w+ )?{_BOOKED}")
 
 
 @dataclass(frozen=True)
@@ -245,8 +263,10 @@ class ClinicTools:
         said = [(sp, cues) for sp, cues in said if cues or f" {sp} " in low]
         # "kids doctor" is pediatrics: a specific cue wins over "doctor"
         specific = [sp for sp, cues in said if set(cues) - GENERIC_CUES or not cues]
-        chosen = specific[0] if specific else (said[0][0] if said else None)
-        return [p for p in self.providers if p.specialty == chosen] if chosen else []
+        # a specialist wins over the generalist ("my gp referred me to the heart doctor")
+        specialist = [sp for sp in specific if sp != GENERALIST]
+        ranked = specialist or specific or [sp for sp, _ in said]
+        return [p for p in self.providers if p.specialty == ranked[0]] if ranked else []
 
     def unknown_specialty(self, text: str) -> str | None:
         """A specialist the text asks for that no provider here is ("a neurologist")."""
@@ -538,7 +558,26 @@ class ClinicTools:
             answering = bool(state.get("pending")) or state.get("last_tool") is not None
             args["time"] = parse_time(text, bare=answering) or state.get("time")
             args["patient_name"] = name or state.get("patient_name")
-            return args
+            return self._slot_listed(args, text, state, named=bool(found))
+        return self._other_args(tool_name, text, args)
+
+    @staticmethod
+    def _slot_listed(args: JSON, text: str, state: JSON, named: bool) -> JSON:
+        """A slot picked from the ones just listed ("9am is good", "the latest one") is
+        that slot: its provider and day, not the specialty asked."""
+        listed = state.get("listed") or []
+        labels = [f"{s['time']} {s['provider']}" for s in listed]
+        picked = pick_listed(text, labels) if not parse_time(text) else None
+        if picked is not None:
+            args["time"] = listed[picked]["time"]
+        same = [s for s in listed if s["time"] == args.get("time")
+                and (named or not args.get("date") or s["date"] == args["date"])]
+        if same and len({s["provider"] for s in same}) == 1 and not named:
+            args["provider"], args["date"] = same[0]["provider"], same[0]["date"]
+        return args
+
+    @staticmethod
+    def _other_args(tool_name: str, text: str, args: JSON) -> JSON:
         if tool_name == "access_patient_portal":
             return {"section": _section_of(text)}
         if tool_name == "escalate_to_human":
@@ -557,6 +596,9 @@ class ClinicTools:
         return True
 
     def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None:
+        if result.get("slots"):  # what "9am" or "the latest one" picks from next
+            state["listed"] = [{k: s[k] for k in ("provider", "date", "time")}
+                               for s in result["slots"]]
         for key in ("provider", "date", "time", "patient_name"):
             if args.get(key):
                 state[key] = args[key]

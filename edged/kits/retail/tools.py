@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Annotated, Literal, TypedDict
 
-from edged.agents.slots import NUMBER_WORDS, money, normalize, quantity, words
+from edged.agents.slots import NUMBER_WORDS, money, normalize, pick_listed, quantity, words
 from edged.agents.tickets import Tickets
 from edged.agents.tools import JSON, Limits, Tool, ToolContext, collect, tool
 from edged.kits.retail.catalog import CATEGORY_WORDS, COLOR_WORDS, Catalog, Line, Product
@@ -363,6 +363,10 @@ class RetailTools:
         """Arguments for ``tool_name`` found in ``text``; the last product fills a gap."""
         store = self.store_of(text)
         text = self._without_stores(text)
+        listed = state.get("listed") or []
+        picked = pick_listed(text, listed)
+        if picked is not None and self.catalog.match_line(text) is None:
+            text = f"{listed[picked]} {text}"  # "the second one", "the Bose one"
         last = state.get("product")
         asked = state.get("uncarried")  # "what's cheaper than that?" after one we don't carry
         match = self.catalog.match_line(text)
@@ -541,6 +545,9 @@ class RetailTools:
             state.pop("attrs", None)
             return
         product = result.get("product")
+        shown = result.get("lines") or result.get("alternatives") or result.get("variants")
+        if shown:  # what "the second one" refers to next
+            state["listed"] = [str(x["name"]) for x in shown][:8]
         if tool_name == "create_price_quote" and result.get("lines"):
             product = self._model_of(result["lines"][-1]["sku"])
             state["quote"] = [{"product": ln["name"], "quantity": ln["quantity"]}
