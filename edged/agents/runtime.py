@@ -203,6 +203,10 @@ class AgentRuntime:
             return await self._forced(agent, session, peer, forced, token, events)
         route = agent.router.route(text, await self._query_vector(agent, text))
         intent = self._intent(agent, state, text, route)
+        log.debug("agent %s: route %s nearest %s -> %s", agent.spec.name,
+                  {k: round(v, 3) for k, v in sorted(route.scores.items(),
+                                                     key=lambda kv: -kv[1])[:3]},
+                  route.nearest and round(route.nearest, 3), intent)
         if intent is not None and not state.get("pending"):
             intent = _most_specific(agent, route, intent, text)
         route_ms = (time.perf_counter() - t0) * 1000
@@ -475,11 +479,11 @@ def _looks_like_followup(text: str) -> bool:
 
 
 def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
-    """Of the intents scored nearly as high as the chosen one, the tool whose required
-    details this very message gives most of: "Dr Kim Wednesday 1:30 for Ben Adeyemi" is a
-    booking even if it reads like a question about times; a canned answer ("that is
-    medical advice") gives way to a tool the message names a detail of. The hand-off tool
-    is never preferred this way."""
+    """Of the intents scored nearly as high as the chosen one, a tool whose every required
+    detail this very message gives: "Dr Kim Wednesday 1:30 for Ben Adeyemi" is a booking
+    even if it reads like a question about times (but "Dr Rossi Tuesday around 10?" stays
+    a question). A canned answer ("that is medical advice") gives way to any tool the
+    message names a detail of. The hand-off tool is never preferred this way."""
     if intent not in route.scores or intent in (OUT_OF_SCOPE, _handoff_tool(agent)):
         return intent  # a person asking for help is never redirected to a tool
     floor = route.scores[intent] - (NEAR_CANNED if intent in agent.replies else NEAR)
@@ -489,7 +493,8 @@ def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
         if score < floor or name in (intent, handoff) or name not in agent.tools:
             continue
         filled = _filled(agent, name, text)
-        if filled > best_filled:
+        complete = filled == len(agent.tools[name][0].schema["required"])
+        if filled > best_filled and (complete or intent in agent.replies):
             best, best_filled = name, filled
     return best
 

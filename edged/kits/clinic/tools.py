@@ -49,7 +49,7 @@ SPECIALTY_WORDS = {
     "pediatrics": ("pediatric", "pediatrician", "paediatrician", "child", "kid", "baby",
                    "son", "daughter"),
     "cardiology": ("cardio", "cardiologist", "heart"),
-    "dermatology": ("dermatologist", "skin", "rash", "mole", "acne"),
+    "dermatology": ("dermatologist", "derm", "skin", "rash", "mole", "acne"),
     "orthopedics": ("orthopedic", "orthopaedic", "orthopedist", "bone", "knee", "joint",
                     "fracture"),
     "dentistry": ("dentist", "dental", "tooth", "teeth", "cleaning"),
@@ -652,6 +652,8 @@ def _provider_label(found: list[Provider], text: str) -> str | None:
     """The provider's name when the text named one, else the specialty it asked for."""
     if not found:
         return None
+    if len(found) == 1:  # "the skin doctor" is Dr. Schmidt: the one who does it
+        return found[0].name
     toks = words(text)
     named = [p for p in found if any(similarity(w, n) >= 0.85 for w in toks
                                      for n in normalize(p.name).split()[-1:])]
