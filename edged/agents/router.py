@@ -24,6 +24,7 @@ from edged.agents.encoder import Matrix
 from edged.errors import ConfigError
 
 Vector = dict[str, float]
+KEYWORD_BONUS, KEYWORD_CAP = 0.04, 0.08  # with an encoder: per keyword hit, at most
 _STEM = re.compile(r"(?:ing|ed|es|s)$")
 
 
@@ -89,7 +90,7 @@ class Router:
     example about a Pixel also teaches about a Galaxy."""
 
     def __init__(self, intents: Sequence[Intent], mask: Callable[[str], str],
-                 embed_weight: float = 0.75) -> None:
+                 embed_weight: float = 0.6) -> None:
         self.intents = list(intents)
         self._mask = mask
         self._embed_weight = embed_weight
@@ -123,12 +124,17 @@ class Router:
         sims: dict[str, list[float]] = {i.name: [] for i in self.intents}
         for name, vec in self._examples:
             sims[name].append(_dot(q, vec))
+        keyed = self.keywords(text)
+        return {name: _top_mean(values) + (keyed[name] if not self.embedded else 0.0)
+                for name, values in sims.items()}
+
+    def keywords(self, text: str) -> dict[str, float]:
+        """A bonus per intent for its keywords in the text: explicit cues from config
+        ("quote", "refund") that count whatever else the sentence resembles."""
         low = " " + " ".join(re.findall(r"[a-z0-9']+", text.lower())) + " "
-        scores = {}
-        for name, values in sims.items():
-            hits = sum(1 for k in self._keywords[name] if f" {k} " in low)
-            scores[name] = _top_mean(values) + min(0.3, 0.12 * hits)
-        return scores
+        scale, cap = (KEYWORD_BONUS, KEYWORD_CAP) if self.embedded else (0.12, 0.3)
+        return {name: min(cap, scale * sum(1 for k in keys if f" {k} " in low))
+                for name, keys in self._keywords.items()}
 
     def semantic(self, query: Matrix) -> tuple[dict[str, float], float]:
         """Per intent, the mean of its best two cosines; and the best cosine of all."""
@@ -145,6 +151,7 @@ class Router:
         if query is not None and self._matrix is not None:
             sem, nearest = self.semantic(query)
             w = self._embed_weight
-            scores = {n: w * sem[n] + (1 - w) * s for n, s in scores.items()}
+            keyed = self.keywords(text)
+            scores = {n: w * sem[n] + (1 - w) * s + keyed[n] for n, s in scores.items()}
         best = max(scores, key=lambda n: scores[n])
         return Route(best, scores[best], scores, nearest)

@@ -51,6 +51,7 @@ MAX_MESSAGE = 2000
 CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
 OUT_OF_SCOPE = "<out of scope>"
 NEAR = 0.08  # intents this close to the best one compete on the details a message gives
+ANSWER_WORDS = 6  # an answer to a question is short ("512GB then", "Olga Petrenko")
 NEAR_CANNED = 0.15  # a canned answer gives way sooner: a message with details wants a tool
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
 _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
@@ -273,7 +274,8 @@ class AgentRuntime:
         handoff = _handoff_tool(agent)
         if pending and handoff and (strong == handoff or _asks_for_person(text)):
             return handoff  # a customer who asks for a person is never asked again
-        if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT):
+        if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT
+                        or _answers(agent, pending, text, state)):
             return str(pending["tool"])
         last = state.get("last_tool")
         following = _continues(agent, last, text, state) if last else None
@@ -508,6 +510,18 @@ def _filled(agent: Agent, name: str, text: str) -> int:
     if not toolset.check(name, found):
         return 0
     return sum(1 for k in tool.schema["required"] if k in found)
+
+
+def _answers(agent: Agent, pending: JSON, text: str, state: JSON) -> bool:
+    """Does the message give the pending request something it lacked or asked about
+    ("512GB then" after "there is no 1TB version"), whatever else its words resemble?"""
+    name = str(pending.get("tool"))
+    if name not in agent.tools or len(text.split()) > ANSWER_WORDS:
+        return False  # a long message is a new request, not an answer
+    tool, toolset = agent.tools[name]
+    had = pending.get("args") or {}
+    found = _clean(toolset.extract(name, text, state))
+    return any(k in tool.schema["required"] and found.get(k) != had.get(k) for k in found)
 
 
 def _continues(agent: Agent, last: str, text: str, state: JSON) -> str | None:

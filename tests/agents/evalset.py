@@ -37,9 +37,16 @@ def _norm(value: Any) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", str(value).lower()))
 
 
+def _providers_of(specialty: str) -> list[str]:
+    clinic = json.loads((HERE.parents[1] / "config" / "data" / "clinic.json").read_text())
+    return [p["name"] for p in clinic["providers"] if p["specialty"] == specialty]
+
+
 def arg_matches(key: str, want: Any, got: Any, today: dt.date) -> bool:
     if got is None:
         return False
+    if key == "provider" and str(got) in _providers_of(str(want)):
+        return True  # a specialty with one provider is named by that provider
     if key == "date":
         return str(got) == expected_date(str(want), today)
     if key == "items":
@@ -68,10 +75,12 @@ class Score:
 
 def chosen(body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """The tool a turn chose and its arguments, whether it ran or asked for a missing slot."""
+    pending = body.get("pending") or {}
+    if pending:  # a request waiting for a detail (the free slots may be shown first)
+        return pending.get("tool"), pending.get("arguments", {})
     if body["actions"]:
         return body["actions"][0]["tool"], body["actions"][0]["arguments"]
-    pending = body.get("pending") or {}
-    return pending.get("tool"), pending.get("arguments", {})
+    return None, {}
 
 
 def run(client: Client, agent: str, cases: list[dict[str, Any]], score: Score,

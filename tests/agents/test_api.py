@@ -63,12 +63,12 @@ def test_bad_body_names_the_field(agents_daemon: RunningDaemon) -> None:
 def test_inventory_then_follow_up_in_black(agents_daemon: RunningDaemon) -> None:
     first = chat(agents_daemon, "kiosk", "Do you have the Pixel 9 in stock?")
     assert first["actions"][0]["tool"] == "check_inventory"
-    assert first["actions"][0]["arguments"]["product"] == "Pixel 9"
+    assert first["actions"][0]["arguments"]["product"] == "Google Pixel 9"
     assert "Pixel 9" in first["reply"]
     second = chat(agents_daemon, "kiosk", "and in black?", first["session_id"])
     action = second["actions"][0]
     assert action["tool"] == "check_inventory"
-    assert action["arguments"] == {"product": "Pixel 9", "color": "black"}
+    assert action["arguments"] == {"product": "Google Pixel 9", "color": "black"}
     assert all("Obsidian" in v["name"] for v in action["result"]["variants"])
 
 
@@ -213,7 +213,7 @@ def test_tool_calls_are_audited(agents_daemon: RunningDaemon) -> None:
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     calls = [e["data"] for e in events if e["data"]["tool"] == "check_inventory"
-             and e["data"]["arguments"].get("product") == "Xbox Series X"]
+             and e["data"]["arguments"].get("product") == "Microsoft Xbox Series X"]
     assert calls, events[-3:]
     assert calls[-1]["outcome"] == "ok" and calls[-1]["duration_ms"] >= 0
     assert calls[-1]["result"]["carried"] is True

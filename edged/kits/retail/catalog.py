@@ -6,6 +6,7 @@ answers "which product does this text mean" without a query per keystroke.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -115,6 +116,7 @@ class Catalog:
         plain = normalize(text).split()
         query = [w for w in normalize(text.replace("-", "")).split() + plain
                  + [w[:-1] for w in plain if len(w) > 3 and w.endswith("s")]  # "dots"
+                 + [a + b for a, b in itertools.pairwise(plain)]  # "micro sd"
                  if w not in _STOP]
         best: LineMatch | None = None
         for line in self.lines:
@@ -138,12 +140,16 @@ class Catalog:
         if brand in query:
             span.append(brand)
             strong = strong or bool(span[:-1])
+        if not strong and len(span) >= 2 and " ".join(span) in " ".join(line.tokens):
+            strong = True  # a phrase of the name: "power bank", "hard drive"
         if not strong:
             return None  # a bare number or a word like "black" is not a product mention
         recall = hit / total
         if recall < 0.25:
             return None  # one word of a long name ("drive" of "My Passport Hard Drive")
-        own = set(CATEGORY_WORDS.get(line.category, ()))
+        # its category's words and its own variants' words ("46", "rose gold") are no
+        # other product's name
+        own = set(CATEGORY_WORDS.get(line.category, ())) | _variant_words(line)
         vocab_q = {w for w in query if w in self.vocabulary and w not in own}
         precision = len(vocab_q & set(span)) / len(vocab_q) if vocab_q else 1.0
         bonus = 0.05 * (brand in query) + 0.05 * bool(own & set(query))
@@ -167,11 +173,11 @@ class Catalog:
         return found.pop() if len(found) == 1 else None
 
     def name_of(self, line: Line) -> str:
-        """A name that matches ``line`` again: the model ("Pixel 9"), or with the brand
-        when the model's words are all generic ("SanDisk Extreme microSD Card")."""
-        again = self.match_line(line.model)
-        return line.model if again is not None and again.line is line else (
-            f"{line.brand} {line.model}")
+        """The line's full name, brand first ("Google Pixel 9"): it matches the line again
+        and says which product was understood."""
+        if normalize(line.model).startswith(normalize(line.brand)):
+            return line.model
+        return f"{line.brand} {line.model}"  # grounded: "Apple Watch Series 10", "SanDisk ..."
 
     def lines_of_brand(self, text: str) -> list[Line]:
         """Lines of a brand the text names whose name shares a word with it: "Anker
@@ -254,6 +260,17 @@ _STORAGE_SAID = re.compile(r"\b(\d{1,4}) ?(gb|tb)\b", re.I)
 _SIZE_SAID = re.compile(r"\b(\d{2,3}) ?(inch|inches|in|\"|mm)(?![a-z])", re.I)
 COLOR_WORDS = ("black", "white", "silver", "gray", "grey", "blue", "green", "pink", "purple",
                "red", "gold", "beige", "navy")
+
+
+def _variant_words(line: Line) -> set[str]:
+    found: set[str] = set()
+    for p in line.variants:
+        for key, value in p.attributes.items():
+            if key != "color_family":
+                text = normalize(value)
+                found.update(text.split())
+                found.update(re.findall(r"\d+", text))
+    return found
 
 
 def _said(norm: str, phrase: str) -> bool:

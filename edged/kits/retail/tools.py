@@ -366,7 +366,8 @@ class RetailTools:
         listed = state.get("listed") or []
         picked = pick_listed(text, listed)
         if picked is not None and self.catalog.match_line(text) is None:
-            text = f"{listed[picked]} {text}"  # "the second one", "the Bose one"
+            named = self.catalog.match_line(listed[picked])  # "the second one", "the Bose one"
+            text = f"{named.line.model if named else listed[picked]} {text}"
         last = state.get("product")
         asked = state.get("uncarried")  # "what's cheaper than that?" after one we don't carry
         match = self.catalog.match_line(text)
@@ -416,6 +417,10 @@ class RetailTools:
         previous = state.get("quote") or []
         if not previous or self.catalog.match_line(text) is not None:
             return None
+        rest = [w for w in (_residual(text) or "").split()
+                if w not in NUMBER_WORDS and not w.isdigit() and w not in _CHANGE_WORDS]
+        if rest and not _REFERS.search(text):
+            return None  # "quote 2 flux capacitors" names something else, unknown
         last = previous[-1]
         line = self._line_named(str(state.get("product") or last["product"]))
         count = quantity(text)
@@ -596,6 +601,8 @@ _UNIT = re.compile(r"(?:gb|tb|mm|inch|in\b|am\b|pm\b|%|w\b)", re.I)
 
 
 _ADDS = re.compile(r"\b(?:add|also|too|as well|plus|throw in|and another|on top)\b", re.I)
+_CHANGE_WORDS = frozenset(("actually", "make", "instead", "change", "just", "enough", "wait",
+                           "no", "of", "forgot", "need", "want", "then", "total", "altogether"))
 _REFERS = re.compile(r"\b(?:of (?:them|those|these)|them|those|these|that one|it)\b", re.I)
 _GENERIC_STORE_WORDS = frozenset(("store", "shop", "terminal", "main", "street"))
 
