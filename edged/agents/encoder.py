@@ -117,7 +117,9 @@ def _save(path: Path, vectors: Matrix) -> None:
 
 
 _CLAUSE = re.compile(r"(?<!\bdr\.)(?<!\bmr\.)(?<!\bms\.)(?<!\bmrs\.)(?<!\bst\.)(?<=[.!?;])\s+"
-                     r"|\n+|\s+(?:but|also|and also|plus|btw|oh and)\s+", re.I)
+                     r"|\n+|\s+(?:but|also|and also|plus|btw|oh and)\s+"
+                     r"|,?\s+and\s+(?=(?:what|whats|what's|how|when|where|who|do|does|is|are|"
+                     r"can|could|will|would|also|please|i need|i want|i'd)\b)", re.I)
 
 
 def clauses(text: str) -> list[str]:

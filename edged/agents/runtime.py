@@ -51,6 +51,7 @@ MAX_MESSAGE = 2000
 CONFIDENT = 0.45  # a routed intent this strong overrides a half-filled request
 OUT_OF_SCOPE = "<out of scope>"
 NEAR = 0.08  # intents this close to the best one compete on the details a message gives
+CLEAR = 0.05  # a clause's intent must lead the next by this much to count as its own ask
 ANSWER_WORDS = 6  # an answer to a question is short ("512GB then", "Olga Petrenko")
 NEAR_CANNED = 0.15  # a canned answer gives way sooner: a message with details wants a tool
 MODEL_CANNOT_FILL = {"date", "time"}  # see slotfill.grounded: never invented
@@ -196,19 +197,74 @@ class AgentRuntime:
 
     async def _turn(self, agent: Agent, session: Session, peer: Peer, text: str,
                     token: str | None, events: EventSink | None) -> Turn:
-        state = session.state
-        t0 = time.perf_counter()
         await self._warm(agent)
         forced = _override(agent, text, await self._meaning(agent, text))
         if forced is not None:
             return await self._forced(agent, session, peer, forced, token, events)
+        pending = bool(session.state.get("pending"))
+        asks = [] if pending else await self._asks(agent, text)
+        if len(asks) < 2:
+            return await self._one(agent, session, peer, text, token, events)
+        # Two asks in one message: the first that needs a tool leads; the other is
+        # answered after it (a tool it can run, or its canned answer) or asked next.
+        asks.sort(key=lambda a: a[1] not in agent.tools)
+        (lead, _), (other, other_intent) = asks[0], asks[1]
+        first = await self._one(agent, session, peer, lead, token, events)
+        second = await self._one(agent, session, peer, other, token, events,
+                                 only=other_intent)
+        reply = (first.reply if second.reply in first.reply
+                 else f"{first.reply} {second.reply}".strip())
+        return Turn(session.id, reply, first.actions + second.actions, first.intent,
+                    first.route_ms + second.route_ms, first.pending or second.pending,
+                    first.reply_by if not second.actions else "template")
+
+    async def _asks(self, agent: Agent, text: str) -> list[tuple[str, str]]:
+        """The clauses of a message that ask different things, with what each asks:
+        "do you have the Anker power bank, and what's the wifi password?" is two."""
+        parts = clauses(text)[1:]
+        if len(parts) < 2 or not agent.router.embedded:
+            return []
+        vectors = await self._encoder.encode(parts)
+        if vectors is None:
+            return []
+        found: list[tuple[str, str]] = []
+        for part, vector in zip(parts, vectors, strict=True):
+            route = agent.router.route(part, vector)
+            runner_up = sorted(route.scores.values())[-2] if len(route.scores) > 1 else 0.0
+            if (route.intent is None or route.score < agent.spec.route_threshold
+                    or route.score - runner_up < CLEAR or len(part.split()) < 3):
+                continue  # a clause that asks nothing clearly ("thanks") adds no ask
+            intent = (OUT_OF_SCOPE if route.nearest is not None
+                      and route.nearest < agent.spec.scope_threshold else route.intent)
+            if (intent in agent.tools or intent in agent.replies) and all(
+                    intent != seen or _differs(agent, intent, part, other)
+                    for other, seen in found):
+                found.append((part, intent))
+        tools = [(p, i) for p, i in found if i in agent.tools]
+        others = [(p, i) for p, i in found if i not in agent.tools]
+        handoff = _handoff_tool(agent)
+        if len(tools) == 1 and others:  # a tool ask and a question nothing here answers
+            intent = tools[0][1]
+            rest = " ".join(p for p in parts if p != others[0][0])
+            return [(rest, intent), others[0]]
+        complete = [(p, i) for p, i in tools if i != handoff and _complete(agent, i, p)]
+        return complete[:2] if len(complete) >= 2 else []
+
+    async def _one(self, agent: Agent, session: Session, peer: Peer, text: str,
+                   token: str | None, events: EventSink | None,
+                   only: str | None = None) -> Turn:
+        """One ask: route (or take ``only``), fill, run, reply."""
+        state = session.state
+        t0 = time.perf_counter()
+        if only is not None and only in agent.replies:
+            return Turn(session.id, agent.replies[only], [], only, 0.0)
         route = agent.router.route(text, await self._query_vector(agent, text))
-        intent = self._intent(agent, state, text, route)
+        intent = only or self._intent(agent, state, text, route)
         log.debug("agent %s: route %s nearest %s -> %s", agent.spec.name,
                   {k: round(v, 3) for k, v in sorted(route.scores.items(),
                                                      key=lambda kv: -kv[1])[:3]},
                   route.nearest and round(route.nearest, 3), intent)
-        if intent is not None and not state.get("pending"):
+        if intent is not None and not state.get("pending") and only is None:
             intent = _most_specific(agent, route, intent, text)
         route_ms = (time.perf_counter() - t0) * 1000
         self._metrics.route_seconds.labels(agent.spec.name).observe(route_ms / 1000)
@@ -510,6 +566,21 @@ def _filled(agent: Agent, name: str, text: str) -> int:
     if not toolset.check(name, found):
         return 0
     return sum(1 for k in tool.schema["required"] if k in found)
+
+
+def _complete(agent: Agent, intent: str, text: str) -> bool:
+    """Does this text alone give every required detail of the tool (checked)?"""
+    return _filled(agent, intent, text) == len(agent.tools[intent][0].schema["required"])
+
+
+def _differs(agent: Agent, intent: str, a: str, b: str) -> bool:
+    """Do two clauses ask the same tool for different things ("my balance", "my next
+    appointment")?"""
+    if intent not in agent.tools:
+        return False
+    toolset = agent.tools[intent][1]
+    one, two = _clean(toolset.extract(intent, a, {})), _clean(toolset.extract(intent, b, {}))
+    return bool(one) and bool(two) and one != two
 
 
 def _answers(agent: Agent, pending: JSON, text: str, state: JSON) -> bool:

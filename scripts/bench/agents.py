@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Agents: routing accuracy on the evaluation set, and routing and turn times, on the bundled
-model through the real daemon.
+"""Agents: understanding on the blind sets (tests/agents/blind/, written by people who never
+saw the code) and the older sets, and turn times, through the real daemon on the shipped
+agent config (bundled encoder; the bundled model writes replies unless --templates).
 
-Targets (issue 4): right tool >= 90%, right key arguments >= 80%, median routing <= 150 ms,
-median full kiosk turn with its reply <= 2 s on 2 cores. The reference, measured in the same
-run: raw llama-cpp-python in-process writing a reply of the same length from the same model
-file with the same threads (no daemon, no routing, no tools). The ratio says what the agent
-adds on top of generating the reply.
+For each agent and split (dev: tuned on; test: never tuned on) it prints right first tool,
+key arguments, reply checks, conversations fully right, and for the clinic red-flag
+recall and false escalation on the safety set; then turn times: median, p90, and the first
+turn after a start. The reference, measured in the same run: raw llama-cpp-python
+in-process writing a reply of the same length from the same model file with the same
+threads (no daemon, no routing, no tools); the ratio says what a turn adds to that.
 
-    .venv/bin/python scripts/bench/agents.py [--words-only] [--json]
+Targets (issue 10, test split): first tool >= 95%, key arguments >= 90%, conversations
+>= 80%, red-flag recall 100%, false escalation <= 5%; median turn <= 1 s, p90 <= 2 s,
+first turn <= 2x a warm one.
+
+    .venv/bin/python scripts/bench/agents.py [--templates] [--split dev|test|both] [--json]
 """
 
 from __future__ import annotations
@@ -26,10 +32,68 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.agents import evalset  # noqa: E402
+from tests.agents.blind import scoring  # noqa: E402
 from tests.agents.conftest import agents_config  # noqa: E402
-from tests.edgedtest import bundled_model, short_tmpdir, start_daemon  # noqa: E402
+from tests.edgedtest import bundled_model, deep_merge, short_tmpdir, start_daemon  # noqa: E402
 
-TOOL_TARGET, ARGS_TARGET, ROUTE_MS_TARGET, TURN_S_TARGET = 0.90, 0.80, 150.0, 2.0
+TARGETS = {"first_tool": 0.95, "key_args": 0.90, "conversations": 0.80,
+           "red_flag_recall": 1.0, "false_escalation": 0.05}
+
+
+def config(state: Path, templates: bool) -> dict[str, Any]:
+    """The shipped agents on the bundled encoder and model; model slot proposals off (as
+    shipped: docs/agents.md says why)."""
+    off = {"model_slots": False, "model_reply": not templates}
+    scopes = {"kiosk": 0.275, "clinic": 0.30}  # as in config/edged.toml
+    return deep_merge(agents_config(state), {"agents": {
+        a: {**off, "scope_threshold": scopes[a]} for a in ("kiosk", "clinic")}})
+
+
+def first_turns(templates: bool) -> dict[str, float]:
+    """Seconds of the first turn of each agent right after a start (a fresh state dir, so
+    no vector cache either: the worst case)."""
+    tmp = short_tmpdir()
+    try:
+        daemon = start_daemon(config(tmp / "st", templates), state_dir=tmp / "st")
+        out = {}
+        for agent, message in (("kiosk", "do you have the pixel 9"),
+                               ("clinic", "any openings with dr patel on friday")):
+            started = time.perf_counter()
+            daemon.client.post(f"/v1/agents/{agent}/chat", {"message": message})
+            out[agent] = round(time.perf_counter() - started, 3)
+        daemon.stop()
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def evaluate(templates: bool, splits: list[str]) -> dict[str, Any]:
+    tmp = short_tmpdir()
+    daemon = start_daemon(config(tmp / "st", templates), state_dir=tmp / "st")
+    key = tmp / "st" / "keys" / "portal.key"
+    try:
+        for agent in ("kiosk", "clinic"):  # warm: loads the model once
+            daemon.client.post(f"/v1/agents/{agent}/chat", {"message": "hello"})
+        out: dict[str, Any] = {}
+        for agent in ("kiosk", "clinic"):
+            runner = scoring.Runner(daemon.client, agent, key)
+            for split in splits:
+                score = scoring.run_set(runner, agent, split)
+                if agent == "clinic":
+                    safety = scoring.run_safety(runner, split)
+                    score.urgent, score.urgent_caught = safety.urgent, safety.urgent_caught
+                    score.routine = safety.routine
+                    score.routine_escalated = safety.routine_escalated
+                    score.misses += safety.misses
+                out[f"{agent}/{split}"] = {**score.summary(), "misses": score.misses}
+            old = evalset.run(daemon.client, agent, evalset.load(agent), evalset.Score())
+            out[f"{agent}/older"] = {"requests": old.total,
+                                     "first_tool": round(old.tool_rate(), 3),
+                                     "key_args": round(old.args_rate(), 3)}
+        return out
+    finally:
+        daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def raw_reply_seconds(model: Path, tokens: int, runs: int = 5) -> float:
@@ -50,62 +114,45 @@ def raw_reply_seconds(model: Path, tokens: int, runs: int = 5) -> float:
     return statistics.median(times)
 
 
-def evaluate(words_only: bool) -> dict[str, Any]:
-    tmp = short_tmpdir()
-    daemon = start_daemon(agents_config(tmp / "st", model=not words_only), state_dir=tmp / "st")
-    try:
-        # One warm-up turn per agent: the first loads the model and embeds the examples.
-        for agent in ("kiosk", "clinic"):
-            daemon.client.post(f"/v1/agents/{agent}/chat", {"message": "hello"})
-        out: dict[str, Any] = {}
-        for agent in ("kiosk", "clinic"):
-            score = evalset.run(daemon.client, agent, evalset.load(agent), evalset.Score())
-            out[agent] = {
-                "requests": score.total, "right_tool": round(score.tool_rate(), 3),
-                "right_args": round(score.args_rate(), 3),
-                "route_ms_median": round(statistics.median(score.route_ms), 1),
-                "turn_s_median": round(statistics.median(score.turn_s), 3),
-                "misses": score.misses}
-            held = evalset.run(daemon.client, agent, evalset.load(agent, "holdout"),
-                               evalset.Score())
-            out[agent]["holdout"] = {"requests": held.total,
-                                     "right_tool": round(held.tool_rate(), 3),
-                                     "right_args": round(held.args_rate(), 3)}
-        return out
-    finally:
-        daemon.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--words-only", action="store_true",
-                        help="no model: lexical routing and template replies")
+    parser.add_argument("--templates", action="store_true",
+                        help="template replies: no generator model at all")
+    parser.add_argument("--split", choices=("dev", "test", "both"), default="both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     model = bundled_model()
-    results = evaluate(args.words_only)
-    if not args.words_only:
-        raw = raw_reply_seconds(model, 48)
-        results["reference_raw_reply_s"] = round(raw, 3)
-        results["kiosk_turn_vs_raw_reply"] = round(results["kiosk"]["turn_s_median"] / raw, 2)
+    splits = ["dev", "test"] if args.split == "both" else [args.split]
+    results: dict[str, Any] = {"first_turn_s": first_turns(args.templates),
+                               **evaluate(args.templates, splits)}
+    if not args.templates:
+        results["reference_raw_reply_s"] = round(raw_reply_seconds(model, 48), 3)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    for agent in ("kiosk", "clinic"):
-        r = results[agent]
-        print(f"{agent:7s} right tool {r['right_tool']:.1%} (target {TOOL_TARGET:.0%})  "
-              f"right args {r['right_args']:.1%} (target {ARGS_TARGET:.0%})  "
-              f"routing median {r['route_ms_median']} ms (target {ROUTE_MS_TARGET:.0f})  "
-              f"turn median {r['turn_s_median']} s (target {TURN_S_TARGET})")
-        h = r["holdout"]
-        print(f"        held-out {h['requests']}: right tool {h['right_tool']:.1%}  "
-              f"right args {h['right_args']:.1%}")
-        for miss in r["misses"]:
-            print(f"    miss: {miss}")
+    for name, r in results.items():
+        if not isinstance(r, dict) or "misses" not in r:
+            continue
+        print(f"{name:13s} first tool {r['first_tool']}  key args {r['key_args']}  "
+              f"reply checks {r['reply_checks']}  conversations {r['conversations']}  "
+              f"red-flag recall {r['red_flag_recall']}  false escalation "
+              f"{r['false_escalation']}  turn median {r['turn_s_median']} s p90 "
+              f"{r['turn_s_p90']} s")
+    for name, r in results.items():
+        if name.endswith("/older"):
+            print(f"{name:13s} {r['requests']} requests: first tool {r['first_tool']}  "
+                  f"key args {r['key_args']}")
+    print(f"first turn after a start: {results['first_turn_s']}")
     if "reference_raw_reply_s" in results:
-        print(f"reference: raw llama-cpp-python 48-token reply {results['reference_raw_reply_s']}"
-              f" s; kiosk turn / raw reply = {results['kiosk_turn_vs_raw_reply']}x")
+        warm = results["kiosk/" + splits[-1]]["turn_s_median"]
+        raw = results["reference_raw_reply_s"]
+        print(f"reference: raw llama-cpp-python 48-token reply {raw} s; kiosk median turn "
+              f"{warm} s = {warm / raw:.2f}x")
+    print(f"targets (test split): {TARGETS}")
+    for name, r in results.items():
+        if isinstance(r, dict) and "misses" in r:
+            for miss in r["misses"]:
+                print(f"  {name} miss: {miss}")
     return 0
 
 
