@@ -151,7 +151,7 @@ class Router:
         if query is not None and self._matrix is not None:
             sem, nearest = self.semantic(query)
             w = self._embed_weight
-            keyed = self.keywords(text)
+            keyed = self.keywords(self._mask(text))
             scores = {n: w * sem[n] + (1 - w) * s + keyed[n] for n, s in scores.items()}
         best = max(scores, key=lambda n: scores[n])
         return Route(best, scores[best], scores, nearest)

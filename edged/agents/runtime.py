@@ -542,10 +542,12 @@ def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
     even if it reads like a question about times (but "Dr Rossi Tuesday around 10?" stays
     a question). A canned answer ("that is medical advice") gives way to any tool the
     message names a detail of. The hand-off tool is never preferred this way."""
-    if intent not in route.scores or intent in (OUT_OF_SCOPE, _handoff_tool(agent)):
-        return intent  # a person asking for help is never redirected to a tool
-    floor = route.scores[intent] - (NEAR_CANNED if intent in agent.replies else NEAR)
     handoff = _handoff_tool(agent)
+    if intent not in route.scores or intent == OUT_OF_SCOPE:
+        return intent
+    if intent == handoff:
+        return _not_handoff(agent, route, text) or intent
+    floor = route.scores[intent] - (NEAR_CANNED if intent in agent.replies else NEAR)
     best, best_filled = intent, _filled(agent, intent, text)
     for name, score in sorted(route.scores.items(), key=lambda kv: -kv[1]):
         if score < floor or name in (intent, handoff) or name not in agent.tools:
@@ -555,6 +557,32 @@ def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
         if filled > best_filled and (complete or intent in agent.replies):
             best, best_filled = name, filled
     return best
+
+
+def _not_handoff(agent: Agent, route: Route, text: str) -> str | None:
+    """A hand-off chosen for a message that asks for no person but names what a nearly as
+    likely tool takes ("itchy rash for weeks, anything Wednesday?"): that tool. A person
+    asked for is never redirected."""
+    handoff = str(_handoff_tool(agent))
+    if _asks_for_person(text) or _says_why(agent, handoff, text):
+        return None
+    floor = route.scores[handoff] - NEAR
+    for name, score in sorted(route.scores.items(), key=lambda kv: -kv[1]):
+        if score >= floor and name in agent.tools and name != _handoff_tool(agent):
+            toolset = agent.tools[name][1]
+            found = _clean(toolset.extract(name, text, {}))
+            if found and toolset.check(name, found):
+                return name
+    return None
+
+
+def _says_why(agent: Agent, name: str, text: str) -> bool:
+    """Does the text give the tool a specific choice ("return", "billing") for one of its
+    enumerated parameters, rather than what an empty message gets ("other")?"""
+    tool, toolset = agent.tools[name]
+    said, empty = toolset.extract(name, text, {}), toolset.extract(name, "", {})
+    return any("enum" in spec and said.get(key) != empty.get(key)
+               for key, spec in tool.schema["properties"].items())
 
 
 def _filled(agent: Agent, name: str, text: str) -> int:

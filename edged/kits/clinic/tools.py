@@ -104,6 +104,8 @@ CANCEL = (r"cancel\w*", r"reschedul\w*", r"re schedule", r"postpon\w*",
           rf"(?:my|our|his|her|the) (?:\w+ )?{_BOOKED} (?:moved|changed|pushed back)",
           r"(?:wont|will not|cant|cannot|can not|not going to|unable to) (?:be able to )?"
           r"make (?:it|my|the|our|his|her)\b",
+          rf"(?:bring|move|push|put) (?:my|our|his|her|the) (?:\w+ )?{_BOOKED} "
+          r"(?:forward|back|earlier|later)",
           r"take (?:me|us|him|her|them) off", rf"different (?:day|time) for (?:my|the) "
                                                rf"(?:\w+ )?{_BOOKED}")
 
@@ -548,7 +550,9 @@ class ClinicTools:
         day = parse_date(text, today)
         args: JSON = {"provider": provider, "date": day.isoformat() if day else state.get("date")}
         part = part_of_day(text)
-        state["part_of_day"] = part or (state.get("part_of_day") if not found else None)
+        same = re.search(r"\bsame (?:time|day|slot)\b", text.lower()) is not None
+        state["part_of_day"] = part or (state.get("part_of_day")
+                                        if not found or same else None)
         if tool_name == "check_appointment_availability":
             args["part_of_day"] = state["part_of_day"]
             if not found and day is None:  # a fresh question, not a follow-up
@@ -611,8 +615,14 @@ class ClinicTools:
                     or self.find_providers(text) or _section_of(text))
 
     def mask(self, text: str) -> str:
+        """Providers' names out ("Nurse Practitioner Johnson" asks for no nurse), days and
+        times marked."""
         today = self._clock().date()
         out = text
+        for p in self.providers:
+            for form in (p.name, *normalize(p.name).split()[-1:]):
+                out = re.sub(rf"\b(?:dr\.? |doctor )?{re.escape(form)}\b", "the provider", out,
+                             flags=re.I)
         if parse_date(text, today):
             out += " DATE"
         if parse_time(text):
@@ -660,7 +670,7 @@ def _provider_label(found: list[Provider], text: str) -> str | None:
     return named[0].name if named else found[0].specialty
 
 
-_NAME_WORD = r"[A-Za-z][a-z]+(?:['-][A-Za-z][a-z]+)?"
+_NAME_WORD = r"[A-Za-z][a-z]*(?:['-][A-Za-z][a-z]+)?"
 _FULL_NAME = rf"({_NAME_WORD}(?: {_NAME_WORD}){{1,2}})"
 _NOT_NAMES = frozenset((
     "dr", "doctor", "nurse", "monday", "tuesday", "wednesday", "thursday", "friday",
@@ -683,11 +693,13 @@ def _patient_name(text: str) -> str | None:
     or a capitalised name that ends a clause ("..., Harold Finch.") or is the whole
     message. Words that are days, titles or request words are never a name."""
     cap = r"([A-Z][a-z]+(?:['-][A-Za-z][a-z]+)?(?: [A-Z][a-z]*(?:['-][A-Za-z][a-z]+)?){1,2})"
-    cues = (rf"(?i:my name is|my names|my name's|name is|name's|name:|patient)\s+{_FULL_NAME}",
+    cues = (rf"(?i:my name is|my names|my name's|name is|name's|name:|patient|name)\s+"
+            rf"{_FULL_NAME}",
             rf"(?:I am|I'm|Im|it's for|its for|for my \w+,?|for)\s+{cap}",
             rf"{cap}\s+(?i:here)\b",
             rf"(?:^|[,.;:]\s*){cap}\s*[.!]?\s*$",
-            rf"\bfor\s+{_FULL_NAME}\s*[.!]?\s*$")  # "... for ben adeyemi" ends a booking
+            rf"\bfor\s+{_FULL_NAME}\s*[.!]?\s*$",  # "... for ben adeyemi" ends a booking
+            *([rf",\s*{_FULL_NAME}\s*[.!]?\s*$"] if parse_time(text) else []))
     for cue in cues:
         for m in re.finditer(cue, text.strip()):
             name = _clean_name(m.group(1))
@@ -720,13 +732,19 @@ _SECTIONS = (("results", ("result", "lab", "test", "blood work", "bloodwork", "r
                                 "meds", "drug", "pharmacy")),
              ("billing", ("bill", "balance", "owe", "payment", "pay", "invoice", "charge",
                           "amount due", "account")),
-             ("appointments", ("appointment", "visit", "booking", "scheduled", "upcoming")))
+             ("appointments", ("appointment", "appt", "visit", "booking", "booked",
+                               "scheduled", "upcoming")))
+
+
+def _has_cue(text: str, cues: tuple[str, ...]) -> bool:
+    """A cue at a word start ("form" is not in "metformin"; "result" is in "results")."""
+    low = " " + " ".join(re.findall(r"[a-z0-9'-]+", text.lower())) + " "
+    return any(f" {c}" in low for c in cues)
 
 
 def _section_of(text: str) -> str | None:
-    low = text.lower()
     for section, cues in _SECTIONS:
-        if any(c in low for c in cues):
+        if _has_cue(text, cues):
             return section
     return None
 
@@ -748,9 +766,8 @@ def _cue(patterns: tuple[str, ...], text: str) -> bool:
 
 
 def _reason_of(text: str) -> str:
-    low = text.lower()
     for reason, cues in _REASONS:
-        if any(c in low for c in cues):
+        if _has_cue(text, cues):
             return reason
     return "other"
 
