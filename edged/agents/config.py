@@ -68,8 +68,8 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions]) -> AgentSp
         route_threshold=t.float("route_threshold", ROUTE_THRESHOLD, min=0, max=1),
         scope_threshold=t.float("scope_threshold", SCOPE_THRESHOLD, min=-1, max=1),
         out_of_scope_reply=t.str("out_of_scope_reply", ""),
-        model_slots=t.bool("model_slots", True),
-        model_reply=t.bool("model_reply", True),
+        model_slots=t.bool("model_slots", False),  # measured: slower and rarely right
+        model_reply=t.bool("model_reply", False),  # measured: no better than templates
         reply_max_tokens=t.int("reply_max_tokens", 48, min=8, max=512),
         portal_key=t.path("portal_key", None),
         kits=used,
