@@ -86,6 +86,33 @@ RED_FLAGS = (
     r"strokes?", r"face (?:is )?drooping", r"slurred speech", r"seizures?",
     r"anaphyla\w*", r"allergic reaction", r"throat (?:is )?(?:swelling|closing)", r"ambulance",
     r"(?:this is|its|it is) an emergency", r"medical emergency",
+    # standard red-flag signs (triage lists), in the words people use
+    r"(?:lips|face|skin) (?:is |are |look |looks |turning |gone |going )?(?:blue|grey|gray)",
+    r"(?:cant|cannot|can not|unable to) (?:catch (?:my|his|her|their) breath|swallow|speak|talk|"
+    r"move (?:my|his|her) (?:arm|leg|face)|feel (?:my|his|her) (?:arm|leg|face))",
+    r"(?:gasping|wheezing|struggling) for (?:air|breath)", r"turning blue",
+    r"(?:vomit\w*|throw\w* up|threw up|cough\w* up|spitting) (?:up )?blood",
+    r"blood in (?:his|her|my|their) (?:vomit|stool|poo|poop)", r"coffee grounds?",
+    r"(?:swallowed|ate|drank|took) (?:a |some |the |his |her |my |all |like )?(?:\w+ ){0,3}"
+    r"(?:pills|tablets|meds|medication|bleach|battery|batteries|magnets?|detergent|"
+    r"cleaning|poison|antifreeze)",
+    r"(?:first|another) (?:seizure|fit)", r"(?:having|had) a fit", r"fitting",
+    r"(?:worst|thunderclap) headache", r"stiff neck", r"rash (?:that )?(?:doesnt|does not|"
+    r"wont|will not) fade", r"(?:floppy|limp|lethargic) (?:baby|infant|newborn)",
+    r"(?:baby|babys|infant) (?:is |isnt |hasnt |has not )?(?:not )?(?:moving|moved|breathing|"
+    r"waking|feeding)", r"hard to wake", r"(?:wont|will not|cant|cannot) wake",
+    r"(?:not|isnt|hasnt been) making sense", r"(?:slurr\w*|garbled) (?:speech|words|talking)",
+    r"(?:face|mouth) (?:is )?(?:drooping|droopy|lopsided)",
+    r"(?:lost|losing|cant feel) (?:the )?(?:feeling|sight|vision)",
+    r"(?:suddenly|sudden) (?:cant|cannot|can not|couldnt) (?:see|walk|talk|speak|stand)",
+    r"hit by a (?:car|bus|truck|van)", r"(?:car|motorbike|bike) (?:crash|accident)",
+    r"(?:bone|bones) (?:sticking|poking) out", r"(?:deep|bad) (?:cut|gash|wound)",
+    r"(?:bad|severe|serious) burns?", r"electric shock", r"(?:nearly )?drown\w*",
+    r"(?:hes|shes|theyre|he is|she is|they are) (?:not|barely) (?:breathing|responding|"
+    r"conscious|awake)", r"(?:foaming|frothing) at the mouth", r"carbon monoxide",
+    r"(?:waters|water) broke", r"(?:threatening|threatened) to (?:kill|hurt|stab|shoot)",
+    r"(?:hit|hits|hitting|beat|beats|beating|attacked|attacking) (?:me|her|him|them|my)\b",
+    r"(?:knife|gun|weapon)",
 )
 SELF_HARM = (
     r"suicid\w*", r"kill(?:ing)? myself", r"end(?:ing)? (?:my|it all)(?: own)?(?: life)?",
@@ -94,6 +121,15 @@ SELF_HARM = (
     # passive ideation and farewells: not being here, saying goodbye
     r"(?:wont|will not|not going to|wouldnt) be (?:here|around|alive)(?: \w+){0,3}",
     r"(?:saying|say|said) (?:my )?goodbyes?", r"goodbye (?:note|letter|message|post)",
+    r"end it(?: all)?", r"(?:dont|do not) want to (?:be alive|live|wake up|be here)",
+    r"(?:no|no point|whats the point) (?:point )?(?:in )?(?:living|going on|being alive)",
+    r"(?:tired|sick) of (?:being alive|living|life)", r"(?:hurt|harm|cut|burn)(?:ing)? "
+    r"(?:myself|themselves|himself|herself)", r"on purpose",
+    r"(?:kill|killing|hang|hanging|drown|drowning) (?:himself|herself|themselves|myself)",
+    r"(?:better off|be better) without me", r"(?:nobody|no one|noone) would (?:miss|notice|care)",
+    r"(?:take|taking|took) (?:all|every one of) (?:my|his|her|the) (?:pills|tablets|meds)",
+    r"(?:saving|saved|stockpil\w*|hoard\w*) (?:up )?(?:my |his |her )?(?:pills|tablets|meds|"
+    r"sleeping pills|painkillers)",
 )
 _BOOKED = (r"(?:appt|appointment|booking|visit|slot|blood test|check ?up|session|physio|"
            r"scan|consult\w*)")

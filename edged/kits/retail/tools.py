@@ -373,8 +373,11 @@ class RetailTools:
         match = self.catalog.match_line(text)
         if match is None and last:  # "what about the pro?" after the Pixel 9
             match = self.catalog.match_line(f"{last} {text}")
-        product = (self.catalog.name_of(match.line) if match
-                   else _residual(text) or last or asked)
+        if match is None and last and _REFERS.search(text):
+            product = last  # "is it at any of your other stores?": the product last named
+        else:
+            product = (self.catalog.name_of(match.line) if match
+                       else _residual(text) or last or asked)
         if match is None and _names_only_a_category(self.catalog, text):
             product = self.catalog.category_named(text)  # "a console for my kid": a need
         if tool_name == "check_inventory" and match is None and product != _residual(text):
@@ -454,7 +457,8 @@ class RetailTools:
         return found.line if found else None
 
     def _quote_items(self, text: str, state: JSON) -> list[JSON]:
-        items, unknown_items = [], []
+        items: list[JSON] = []
+        unknown_items: list[JSON] = []
         for whole in re.split(r"\band\b|,|\bplus\b|\+", text):
             count, part = self._leading_quantity(whole)
             match = self.catalog.match_line(part)
@@ -462,6 +466,16 @@ class RetailTools:
                 by_brand = self.catalog.lines_of_brand(part)
                 if len(by_brand) == 1:  # "2 Anker chargers"
                     match = self.catalog.match_line(self.catalog.name_of(by_brand[0]))
+            if match is None and _only_a_count(part):
+                # "the sonos era 100, two of them": the count of the line just named, or of
+                # the product last talked about
+                said = quantity(part)
+                if items and said is not None:
+                    items[-1] = {**items[-1], "quantity": said}
+                elif said is not None and state.get("product"):
+                    items.append({"product": f"{state['product']} {state.get('attrs', '')}"
+                                  .strip(), "quantity": said})
+                continue
             if match is None:
                 unknown = " ".join(w for w in (_residual(part) or "").split()
                                    if not w.isdigit())
@@ -540,6 +554,11 @@ class RetailTools:
 
     def remember(self, tool_name: str, args: JSON, result: JSON, state: JSON) -> None:
         """Keep what a follow-up ("and in black?") will refer to."""
+        if tool_name == "create_ticket":  # "is it at your other stores?" after a complaint
+            about = self.catalog.match_line(str(args.get("summary", "")))
+            if about is not None:
+                state["product"] = about.line.model
+            return
         if tool_name == "create_price_quote" and result.get("unclear"):
             # Asked which one: the answer completes this request.
             state["pending"] = {"tool": tool_name, "args": {"items": result["items"]}}
@@ -605,6 +624,18 @@ _CHANGE_WORDS = frozenset(("actually", "make", "instead", "change", "just", "eno
                            "no", "of", "forgot", "need", "want", "then", "total", "altogether"))
 _REFERS = re.compile(r"\b(?:of (?:them|those|these)|them|those|these|that one|it)\b", re.I)
 _GENERIC_STORE_WORDS = frozenset(("store", "shop", "terminal", "main", "street"))
+
+
+def _only_a_count(part: str) -> bool:
+    """Is this piece of a quote only a count of something said before ("two of them",
+    "a couple of those", "two of the 55s actually")?"""
+    if quantity(part) is None:
+        return False
+    rest = [w for w in words(part) if w not in NUMBER_WORDS and not w.isdigit()
+            and w not in _CHANGE_WORDS and not re.fullmatch(r"\d+s?", w)
+            and w not in ("of", "them", "those", "these", "the", "ones", "one", "for", "me",
+                          "please", "x", "units", "more")]
+    return not rest or (bool(_REFERS.search(part)) and len(rest) <= 3)
 
 
 def _bare_count(text: str) -> int | None:
