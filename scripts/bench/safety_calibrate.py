@@ -14,7 +14,6 @@ of the kit count too (they escalate whatever the scores). The test split is neve
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,12 +31,7 @@ from edged.kits.clinic.tools import (  # noqa: E402
     load_exemplars,
     load_rule,
 )
-from tests.agents.conftest import agents_config  # noqa: E402
-from tests.edgedtest import deep_merge, short_tmpdir, start_daemon  # noqa: E402
-
-MINILM = {"format": "onnx", "package": "all_minilm_l6_v2", "kind": "embedding",
-          "context": 256,
-          "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"}
+from tests.agents.blind.vectors import encoder  # noqa: E402
 
 
 def top5(m: np.ndarray) -> np.ndarray:
@@ -50,19 +44,7 @@ def main() -> int:
              if c["split"] == "dev"]
     groups = load_exemplars(OVERRIDES, TRIAGE)
     rule = load_rule(OVERRIDES)
-    tmp = short_tmpdir()
-    cfg = deep_merge(agents_config(tmp / "st", model=False), {"models": {"minilm": MINILM}})
-    d = start_daemon(cfg, state_dir=tmp / "st")
-    try:
-        def enc(texts: list[str]) -> np.ndarray:
-            out = []
-            for i in range(0, len(texts), 32):
-                body = d.client.post("/v1/embeddings", {"model": "minilm",
-                                                         "input": texts[i:i + 32]})
-                out.extend(r["embedding"] for r in body["data"])
-            m = np.asarray(out, dtype=np.float32)
-            return m / np.linalg.norm(m, axis=1, keepdims=True)
-
+    with encoder() as enc:
         red = enc(list(groups["red_flag"].exemplars))
         harm = enc(list(groups["self_harm"].exemplars))
         neg = enc(list(groups["routine"].exemplars))
@@ -75,9 +57,6 @@ def main() -> int:
             vetoed = bool(np.all(score <= -rule.veto))
             score = np.where(near >= rule.floor, score, -1.0)
             rows.append((c, float(score.max()), lexical and not vetoed))
-    finally:
-        d.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     urgent = sum(c["urgent"] for c, *_ in rows)
     routine = len(rows) - urgent
     print(f"dev: {len(rows)} messages ({urgent} urgent, {routine} routine)")

@@ -13,7 +13,6 @@ that need none would be caught; the test split is never read.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,24 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from edged.agents.router import load_intents  # noqa: E402
-from tests.agents.conftest import MINILM, agents_config  # noqa: E402
-from tests.edgedtest import deep_merge, short_tmpdir, start_daemon  # noqa: E402
+from tests.agents.blind.vectors import encoder  # noqa: E402
 
 
 def main() -> int:
-    tmp = short_tmpdir()
-    cfg = deep_merge(agents_config(tmp / "st", model=False), {"models": {"minilm": MINILM}})
-    d = start_daemon(cfg, state_dir=tmp / "st")
-    try:
-        def enc(texts: list[str]) -> np.ndarray:
-            out = []
-            for i in range(0, len(texts), 32):
-                body = d.client.post("/v1/embeddings", {"model": "minilm",
-                                                         "input": texts[i:i + 32]})
-                out.extend(r["embedding"] for r in body["data"])
-            m = np.asarray(out, dtype=np.float32)
-            return m / np.linalg.norm(m, axis=1, keepdims=True)
-
+    with encoder() as enc:
         for agent in ("kiosk", "clinic"):
             intents = load_intents(REPO / "config" / "agents" / f"{agent}.toml")
             examples = enc([e for i in intents for e in i.examples])
@@ -55,9 +41,6 @@ def main() -> int:
                 caught = int((~tool & (nearest < t)).sum())
                 print(f"  threshold {t:.3f}: tool requests refused {refused}, "
                       f"no-tool requests caught {caught}")
-    finally:
-        d.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
