@@ -113,6 +113,8 @@ RED_FLAGS = (
     r"(?:waters|water) broke", r"(?:threatening|threatened) to (?:kill|hurt|stab|shoot)",
     r"(?:hit|hits|hitting|beat|beats|beating|attacked|attacking) (?:me|her|him|them|my)\b",
     r"(?:knife|gun|weapon)",
+    r"(?:lips|lip|tongue|throat|face|mouth) (?:are |is |has |have |got |gone |going |all )?"
+    r"(?:swollen|swelling|swelled|massive|huge|puffy|puffed up|blown up)",
 )
 SELF_HARM = (
     r"suicid\w*", r"kill(?:ing)? myself", r"end(?:ing)? (?:my|it all)(?: own)?(?: life)?",
