@@ -52,6 +52,9 @@ from edged.sync.service import SyncService
 log = logging.getLogger(__name__)
 
 
+BEFORE_READY_S = 30.0  # under systemd's TimeoutStartSec (90 s) with room for the rest
+
+
 @dataclass
 class Wiring:
     """What the build phase hands to the run phase."""
@@ -64,6 +67,8 @@ class Wiring:
     on_request: RequestHook | None = None  # the audit record of each API request
     # components that take a new config in place (a pushed config reloads them)
     reloadable: list[ReloadTarget] = field(default_factory=list)
+    # what must be ready before the socket answers (the agents' example vectors)
+    before_ready: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
 
 
 class Daemon:
@@ -107,6 +112,7 @@ class Daemon:
         wiring.routes.append(AgentRoutes(agents))
         wiring.health["agents"] = agents.health
         wiring.background.append(("agents", agents.run))
+        wiring.before_ready.append(agents.warmed.wait)
         wiring.reloadable.append(ReloadTarget("agents", ("agents",), AgentsReloader(
             agents, cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, outbox=outbox)))
         # -- remote (edged/remote): config bundles, pull, apply and roll back
@@ -183,6 +189,23 @@ class Daemon:
                 await self._run(server, wiring)
         log.info("edged stopped")
 
+    async def _before_ready(self, wiring: Wiring) -> None:
+        """Let components finish what the first request would otherwise wait for (the
+        agents' example vectors: the first turn costs what any turn does), within a bound:
+        a slow start is logged, never a hang."""
+        async def all_ready() -> None:
+            for wait in wiring.before_ready:
+                await wait()
+
+        ready = asyncio.ensure_future(all_ready())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        done, _ = await asyncio.wait({ready, stopped}, timeout=BEFORE_READY_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (ready, stopped):
+            task.cancel()
+        if not done:
+            log.warning("start: still warming up after %.0fs; serving anyway", BEFORE_READY_S)
+
     async def _run(self, server: ApiServer, wiring: Wiring) -> None:
         notifier = Notifier(lambda: "; ".join(s() for s in wiring.status) or "serving")
         tasks: list[asyncio.Task[None]] = []
@@ -190,6 +213,7 @@ class Daemon:
             for name, start in wiring.background:
                 tasks.append(tg.create_task(start(), name=name))
             tasks.append(tg.create_task(notifier.run(self.stop), name="watchdog"))
+            await self._before_ready(wiring)
             await server.start()
             self.metrics.up.set(1)
             notifier.ready()

@@ -111,6 +111,7 @@ class AgentRuntime:
         self._slots = SlotFiller(models)
         self._writer = ReplyWriter(models)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # session id -> (lock, users)
+        self.warmed = asyncio.Event()  # set once the examples are encoded (or cannot be)
 
     def health(self) -> dict[str, Any]:
         return {name: {"routing": a.embed_state, "tools": len(a.tools)}
@@ -126,6 +127,7 @@ class AgentRuntime:
         """Warm up, then remove expired sessions once a minute (expiry is also checked on
         every load)."""
         await self.warm()
+        self.warmed.set()
         while True:
             gone = await self._sessions.purge()
             if gone:
@@ -402,6 +404,7 @@ class AgentRuntime:
                         found = await self._encoder.encode_set(list(sentences))
                         if found is not None:
                             agent.exemplars[group] = found
+            await self._encoder.encode(["hello"])  # the session's first run is the slow one
             agent.embed_state = "ready"
 
     async def _fill(self, agent: Agent, tool: Tool, toolset: Toolset, text: str,
