@@ -7,6 +7,7 @@ a typo must not silently fall back to a default.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ def parse_duration(value: object, key: str, error: type[Exception] = ConfigError
     if isinstance(value, bool):
         raise error(f'{key}: {value!r} is not a duration (expected seconds or e.g. "5m")')
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # TOML has nan and inf; a sleep(nan) never returns
+            raise error(f"{key}: {value} is not a duration (expected a finite number)")
         if value < 0:
             raise error(f"{key}: {value} must not be negative")
         return float(value)
@@ -150,6 +153,8 @@ class Table:
     ) -> Any:
         value: Any = self._typed(name, default, (int, float), "a number")
         if isinstance(value, int | _Float):
+            if not math.isfinite(value):  # nan passes every min/max comparison
+                raise self._error(f"{self.key(name)}: {value} is not a finite number")
             self._check_range(name, value, min, max)
             return float(value)
         return value

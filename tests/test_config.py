@@ -76,6 +76,10 @@ LONG = "/tmp/" + "x" * 110 + ".sock"
     ('[logging]\nformat = "xml"\n', "logging.format: 'xml' is not one of auto, text"),
     (f'[daemon]\nsocket = "{LONG}"\n', "daemon.socket: " + repr(LONG)),
     ("[daemon\n", "not valid TOML"),
+    ("[daemon]\ngrace_period = nan\n", "daemon.grace_period: nan is not a duration"),
+    ("[daemon]\ngrace_period = inf\n", "daemon.grace_period: inf is not a duration"),
+    ("[agents.a]\nmodel = 'x'\nroute_threshold = nan\n",
+     "agents.a.route_threshold: nan is not a finite number"),
 ])
 def test_a_bad_value_names_its_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:

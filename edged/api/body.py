@@ -57,6 +57,9 @@ async def json_object(request: web.Request) -> dict[str, Any]:
             data = json.loads(raw, parse_constant=_no_constant)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"request body is not valid JSON: {e}", code="invalid_json") from None
+        except ValueError as e:  # an integer past Python's int-string limit (4300 digits)
+            raise BadRequest(f"request body has a number too large to read: {str(e)[:80]}",
+                             code="invalid_json") from None
         except RecursionError:
             raise BadRequest("request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):

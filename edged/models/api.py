@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import secrets
 import struct
 import time
@@ -185,6 +186,8 @@ def _query_number(request: web.Request, name: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise BadRequest(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"{name}: {raw!r} is not a finite number")
     if value < 0:
         raise BadRequest(f"{name}: must not be negative")
     return value

@@ -76,6 +76,11 @@ def parse_bundle(raw: bytes) -> Bundle:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"bundle is not valid JSON: {e}", code="bad_bundle") from None
+    except ValueError as e:  # an integer past Python's int-string limit
+        raise BadRequest(f"bundle has a number too large to read: {str(e)[:80]}",
+                         code="bad_bundle") from None
+    except RecursionError:
+        raise BadRequest("bundle is nested too deeply", code="bad_bundle") from None
     if not isinstance(data, dict):
         raise BadRequest("bundle must be a JSON object", code="bad_bundle")
     t = Table(data, "bundle", error=BadRequest)

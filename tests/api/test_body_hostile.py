@@ -35,6 +35,18 @@ def test_deep_nesting_is_a_400_on_the_real_daemon(
     assert status == 200
 
 
+def test_a_huge_integer_is_a_400_on_the_real_daemon(
+        edged: Callable[..., RunningDaemon]) -> None:
+    # past Python's int-string limit (4,300 digits) json raises ValueError, not a decode error
+    daemon = edged({"audit": {"enabled": False}})
+    raw = b'{"model": "x", "max_tokens": ' + b"9" * 5000 + b"}"
+    status, body = curl(daemon, "/v1/chat/completions", method="POST", data=raw)
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    assert "number too large" in body["error"]["message"]
+    status, body = curl(daemon, "/admin/ps?generation=inf&wait=1")
+    assert status == 400 and "generation" in body["error"]["message"]
+
+
 async def test_null_means_not_given(served: Served) -> None:
     status, body, _ = await served.call("POST", "/v1/echo", json={"text": "ab", "times": None})
     assert (status, body) == (200, {"echo": "ab"})

@@ -88,3 +88,13 @@ def test_fleet_keys_are_read_at_each_verification(tmp_path: Path) -> None:
     pub.unlink()
     with pytest.raises(Unauthorized, match="not a trusted fleet key"):
         keys.verify(b)
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (b'{"format": 1, "version": ' + b"9" * 5000 + b"}", "number too large"),
+    (b'{"format": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+])
+def test_unreadable_bundle_json_is_a_clear_refusal(raw: bytes, fragment: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_bundle(raw)
+    assert caught.value.code == "bad_bundle" and fragment in caught.value.message
