@@ -113,6 +113,9 @@ def _tools(t: Table) -> list[Tool]:
         params = fn.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
             raise BadRequest(f"tools[{i}].function.parameters: expected a JSON schema object")
+        if not isinstance(params.get("properties", {}), dict):
+            raise BadRequest(f"tools[{i}].function.parameters.properties: expected an object "
+                             "of property schemas")
         tools.append(Tool(fn["name"], str(fn.get("description", "")), params))
     return tools
 

@@ -55,6 +55,9 @@ def _netstring(value: str) -> bytes:
     return str(len(raw)).encode() + b":" + raw + b","
 
 
+MAX_VERSION = 2**63 - 1
+
+
 def canonical_message(version: int, issued_at: str, key_id: str, devices: tuple[str, ...],
                       tags: tuple[str, ...], config: str) -> bytes:
     """Netstrings in a fixed order; lists are a count followed by their items. Lengths make
@@ -91,7 +94,7 @@ def parse_bundle(raw: bytes) -> Bundle:
         raise BadRequest("bundle.signature: the bundle is not signed", code="unsigned")
     selector = t.table("selector", required=True)
     bundle = Bundle(
-        version=t.int("version", min=1),
+        version=t.int("version", min=1, max=MAX_VERSION),  # SQLite's INTEGER holds it
         issued_at=t.str("issued_at"),
         key_id=t.str("key_id"),
         devices=selector.str_list("devices", ()),

@@ -186,6 +186,12 @@ TOOL_F = {"type": "function", "function": {"name": "f"}}
                                  {"role": "assistant", "content": None, "tool_calls": "x"}]},
      "messages[1].tool_calls"),
     ({"model": "g", "messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ({**HI, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": ["a", "b"]}}}]},
+     "tools[0].function.parameters.properties"),
+    ({**HI, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": 3}}}]},
+     "tools[0].function.parameters.properties"),
 ])
 def test_bad_fields_are_400_naming_the_field(daemon: RunningDaemon, body: dict[str, Any],
                                              field: str) -> None:

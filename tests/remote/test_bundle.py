@@ -98,3 +98,10 @@ def test_unreadable_bundle_json_is_a_clear_refusal(raw: bytes, fragment: str) ->
     with pytest.raises(BadRequest) as caught:
         parse_bundle(raw)
     assert caught.value.code == "bad_bundle" and fragment in caught.value.message
+
+
+def test_a_version_past_sqlite_integers_is_refused() -> None:
+    doc = json.loads(bundle(Ed25519PrivateKey.generate(), "", 1))
+    doc["version"] = 2**63
+    with pytest.raises(BadRequest, match="bundle.version"):
+        parse_bundle(json.dumps(doc).encode())
