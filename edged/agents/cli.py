@@ -30,8 +30,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _render(data: dict[str, Any]) -> str:
-    lines = [f"  [{a['tool']}] {a['result'].get('summary', '')}" for a in data["actions"]]
+    """The reply, after one short line per tool that ran (the reply already says what it
+    found, so a tool's summary is not printed a second time)."""
+    lines = [f"  [{a['tool']}({_args(a['arguments'])})]" for a in data["actions"]]
     return "\n".join([*lines, data["reply"]])
+
+
+def _args(arguments: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in arguments.items())
 
 
 def _turn(args: argparse.Namespace, message: str, session: str | None) -> dict[str, Any]:
@@ -52,12 +58,14 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if args.message is not None:
         if not args.message.strip():
             raise BadRequest("MESSAGE: must not be empty (leave it out for a prompt loop)")
-        emit(args, _turn(args, args.message, args.session), _render)
+        emit(args, _turn(args, args.message, args.session),
+             lambda d: f"{_render(d)}\n(session {d['session_id']}: continue with "
+                       f"--session {d['session_id']})")
         return 0
     session = args.session
     while True:
         try:
-            line = input("you> ").strip()
+            line = input("you> " if sys.stdin.isatty() else "").strip()
         except EOFError:
             return 0
         if line in ("exit", "quit"):
