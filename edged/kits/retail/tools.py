@@ -56,6 +56,7 @@ class RetailTools:
         self.catalog = catalog
         self._tickets = tickets
         self.here = options.store or next(iter(catalog.stores), "")
+        self._named = {p.name.lower(): p for p in catalog.by_sku.values()}
 
     def tools(self) -> list[Tool]:
         return collect(self)
@@ -365,6 +366,8 @@ class RetailTools:
         text = self._without_stores(text)
         listed = state.get("listed") or []
         picked = pick_listed(text, listed)
+        if picked is None:
+            picked = self._by_price(text, listed)
         if picked is not None and self.catalog.match_line(text) is None:
             named = self.catalog.match_line(listed[picked])  # "the second one", "the Bose one"
             text = f"{named.line.model if named else listed[picked]} {text}"
@@ -413,6 +416,23 @@ class RetailTools:
             return {"topic": _ticket_topic(text), "summary": text.strip()[:200]}
         return {}
 
+    def _by_price(self, text: str, listed: list[str]) -> int | None:
+        """"the cheaper one", "the more expensive one" among what the last reply listed."""
+        low = " ".join(words(text))
+        cheap = re.search(r"\b(?:cheap(?:er|est)|less expensive|lower priced)\b", low)
+        dear = re.search(r"\b(?:(?:more|most) expensive|pricier|priciest|dearer)\b", low)
+        if not listed or not (cheap or dear) or self.catalog.match_line(text) is not None:
+            return None
+        prices = [self._price_named(name) for name in listed]
+        known = [(p, i) for i, p in enumerate(prices) if p is not None]
+        if len(known) < 2:
+            return None
+        return (min(known) if cheap else max(known))[1]
+
+    def _price_named(self, name: str) -> float | None:
+        found = self._named.get(name.lower())
+        return found.price if found else None
+
     def _quote_changed(self, text: str, state: JSON) -> list[JSON] | None:
         """A change to the last quote that names no product: "actually 3 of them", "a
         couple is enough", "make it the 55", "two of the 55s": the same line, with the
@@ -447,7 +467,9 @@ class RetailTools:
             return "create_price_quote"
         line = self._line_named(str(state.get("product") or ""))
         sizes = self.catalog.sizes_of(line) if line is not None else set()
-        count = quantity(" ".join(w for w in words(text) if w.rstrip("s") not in sizes))
+        # "the cheaper one" is no quantity: "one" counts only where a number would
+        said = [w for w in words(text) if w.rstrip("s") not in sizes and w != "one"]
+        count = quantity(" ".join(said))
         if self.catalog.match_line(text) is None and count is not None:
             return "create_price_quote"
         return None
