@@ -200,13 +200,16 @@ class AgentRuntime:
     async def _turn(self, agent: Agent, session: Session, peer: Peer, text: str,
                     token: str | None, events: EventSink | None) -> Turn:
         await self._warm(agent)
-        forced = _override(agent, text, await self._meaning(agent, text))
+        parts = clauses(text)  # the whole message first, then its clauses
+        vectors = await self._vectors(agent, parts)  # encoded once for all that follows
+        forced = _override(agent, text, _meaning(agent, vectors))
         if forced is not None:
             return await self._forced(agent, session, peer, forced, token, events)
         pending = bool(session.state.get("pending"))
-        asks = [] if pending else await self._asks(agent, text)
+        asks = [] if pending or vectors is None else self._asks(agent, parts[1:], vectors[1:])
         if len(asks) < 2:
-            return await self._one(agent, session, peer, text, token, events)
+            query = None if vectors is None else vectors[0]
+            return await self._one(agent, session, peer, text, token, events, query=query)
         # Two asks in one message: the first that needs a tool leads; the other is
         # answered after it (a tool it can run, or its canned answer) or asked next.
         asks.sort(key=lambda a: a[1] not in agent.tools)
@@ -220,14 +223,10 @@ class AgentRuntime:
                     first.route_ms + second.route_ms, first.pending or second.pending,
                     first.reply_by if not second.actions else "template")
 
-    async def _asks(self, agent: Agent, text: str) -> list[tuple[str, str]]:
+    def _asks(self, agent: Agent, parts: list[str], vectors: Matrix) -> list[tuple[str, str]]:
         """The clauses of a message that ask different things, with what each asks:
         "do you have the Anker power bank, and what's the wifi password?" is two."""
-        parts = clauses(text)[1:]
-        if len(parts) < 2 or not agent.router.embedded:
-            return []
-        vectors = await self._encoder.encode(parts)
-        if vectors is None:
+        if len(parts) < 2:
             return []
         found: list[tuple[str, str]] = []
         for part, vector in zip(parts, vectors, strict=True):
@@ -254,13 +253,16 @@ class AgentRuntime:
 
     async def _one(self, agent: Agent, session: Session, peer: Peer, text: str,
                    token: str | None, events: EventSink | None,
-                   only: str | None = None) -> Turn:
-        """One ask: route (or take ``only``), fill, run, reply."""
+                   only: str | None = None, query: Matrix | None = None) -> Turn:
+        """One ask: route (or take ``only``), fill, run, reply. ``query``: the text's
+        vector when the turn has it already."""
         state = session.state
         t0 = time.perf_counter()
         if only is not None and only in agent.replies:
             return Turn(session.id, agent.replies[only], [], only, 0.0)
-        route = agent.router.route(text, await self._query_vector(agent, text))
+        if query is None:
+            query = await self._query_vector(agent, text)
+        route = agent.router.route(text, query)
         intent = only or self._intent(agent, state, text, route)
         log.debug("agent %s: route %s nearest %s -> %s", agent.spec.name,
                   {k: round(v, 3) for k, v in sorted(route.scores.items(),
@@ -367,21 +369,15 @@ class AgentRuntime:
         return Turn(session.id, reply, actions, handoff, route_ms)
 
     async def _query_vector(self, agent: Agent, text: str) -> Matrix | None:
-        if not agent.spec.embeddings or not agent.router.embedded:
-            return None
-        found = await self._encoder.encode([text])  # meaning reads the request as said
+        found = await self._vectors(agent, [text])
         return None if found is None else found[0]
 
-    async def _meaning(self, agent: Agent, text: str) -> Meaning:
-        if not agent.exemplars:
-            return Meaning(())
-        found = await self._encoder.encode(clauses(text))
-        if found is None:
-            return Meaning(())
-        per_group = {group: _top_mean_rows(found @ vectors.T)
-                     for group, vectors in agent.exemplars.items()}
-        return Meaning(tuple({g: float(v[i]) for g, v in per_group.items()}
-                             for i in range(found.shape[0])))
+    async def _vectors(self, agent: Agent, texts: list[str]) -> Matrix | None:
+        """The texts' vectors (meaning reads requests as said), or None when the agent
+        understands by words only."""
+        if not agent.spec.embeddings or not agent.router.embedded:
+            return None
+        return await self._encoder.encode(texts)
 
     async def _warm(self, agent: Agent) -> None:
         """Encode the routing examples and the kits' exemplars once (cached on disk)."""
@@ -499,6 +495,16 @@ def _override(agent: Agent, text: str, meaning: Meaning) -> Override | None:
             if forced is not None and (forced.tool is None or forced.tool in agent.tools):
                 return forced
     return None
+
+
+def _meaning(agent: Agent, vectors: Matrix | None) -> Meaning:
+    """Per clause vector, how near it comes to each of the kits' exemplar groups."""
+    if vectors is None or not agent.exemplars:
+        return Meaning(())
+    per_group = {group: _top_mean_rows(vectors @ exemplars.T)
+                 for group, exemplars in agent.exemplars.items()}
+    return Meaning(tuple({g: float(v[i]) for g, v in per_group.items()}
+                         for i in range(vectors.shape[0])))
 
 
 def _top_mean_rows(sims: Matrix, k: int = 5) -> Matrix:
