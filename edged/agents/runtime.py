@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from edged.agents import portal
@@ -72,6 +73,14 @@ class Agent:
     embed_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     embed_state: str = "not tried"
     exemplars: dict[str, Matrix] = field(default_factory=dict)  # kit groups, encoded
+
+    @cached_property
+    def handoff(self) -> str | None:
+        """The tool that hands a conversation to a person, as its kit names it."""
+        for name, (_, toolset) in self.tools.items():
+            if isinstance(toolset, HandingOff) and toolset.handoff == name:
+                return name
+        return None
 
     def may_use(self, peer: Peer) -> bool:
         if peer.role >= Role.ADMIN or not self.spec.allowed_groups:
@@ -243,7 +252,7 @@ class AgentRuntime:
                 found.append((part, intent))
         tools = [(p, i) for p, i in found if i in agent.tools]
         others = [(p, i) for p, i in found if i not in agent.tools]
-        handoff = _handoff_tool(agent)
+        handoff = agent.handoff
         if len(tools) == 1 and others:  # a tool ask and a question nothing here answers
             intent = tools[0][1]
             rest = " ".join(p for p in parts if p != others[0][0])
@@ -331,7 +340,7 @@ class AgentRuntime:
     def _intent(self, agent: Agent, state: JSON, text: str, route: Route) -> str | None:
         strong = route.intent if route.score >= agent.spec.route_threshold else None
         pending = state.get("pending")
-        handoff = _handoff_tool(agent)
+        handoff = agent.handoff
         if pending and handoff and (strong == handoff or _asks_for_person(text)):
             return handoff  # a customer who asks for a person is never asked again
         if pending and (strong is None or strong == pending["tool"] or route.score < CONFIDENT
@@ -357,7 +366,7 @@ class AgentRuntime:
         """First miss: ask to rephrase. Second in a row: hand off to a person."""
         state = session.state
         state["misses"] = int(state.get("misses", 0)) + 1
-        handoff = _handoff_tool(agent)
+        handoff = agent.handoff
         if state["misses"] < 2 or handoff is None:
             return Turn(session.id, _clarify(agent), [], None, route_ms)
         state["misses"] = 0
@@ -452,7 +461,7 @@ class AgentRuntime:
                                           "That took too long; please try again."}
         except EdgedError as e:
             outcome, result = e.code, {"error": e.code, "summary": e.message}
-            if name == _handoff_tool(agent):  # a person asking for staff gets words, not internals
+            if name == agent.handoff:  # a person asking for staff gets words, not internals
                 result.update(detail=e.message, summary=NOT_NOTIFIED)
         duration = time.perf_counter() - started
         self._metrics.tool_calls.labels(agent.spec.name, name, outcome).inc()
@@ -528,14 +537,6 @@ def _clean(args: JSON) -> JSON:
     return {k: v for k, v in args.items() if v not in (None, "", [])}
 
 
-def _handoff_tool(agent: Agent) -> str | None:
-    """The tool that hands a conversation to a person, as its kit names it."""
-    for name, (_, toolset) in agent.tools.items():
-        if isinstance(toolset, HandingOff) and toolset.handoff == name:
-            return name
-    return None
-
-
 def _asks_for_person(text: str) -> bool:
     return _PERSON.search(text) is not None
 
@@ -551,7 +552,7 @@ def _most_specific(agent: Agent, route: Route, intent: str, text: str) -> str:
     even if it reads like a question about times (but "Dr Rossi Tuesday around 10?" stays
     a question). A canned answer ("that is medical advice") gives way to any tool the
     message names a detail of. The hand-off tool is never preferred this way."""
-    handoff = _handoff_tool(agent)
+    handoff = agent.handoff
     if intent not in route.scores or intent == OUT_OF_SCOPE:
         return intent
     if intent == handoff:
@@ -572,12 +573,12 @@ def _not_handoff(agent: Agent, route: Route, text: str) -> str | None:
     """A hand-off chosen for a message that asks for no person but names what a nearly as
     likely tool takes ("itchy rash for weeks, anything Wednesday?"): that tool. A person
     asked for is never redirected."""
-    handoff = str(_handoff_tool(agent))
+    handoff = str(agent.handoff)
     if _asks_for_person(text) or _says_why(agent, handoff, text):
         return None
     floor = route.scores[handoff] - NEAR
     for name, score in sorted(route.scores.items(), key=lambda kv: -kv[1]):
-        if score >= floor and name in agent.tools and name != _handoff_tool(agent):
+        if score >= floor and name in agent.tools and name != handoff:
             toolset = agent.tools[name][1]
             found = _clean(toolset.extract(name, text, {}))
             if found and toolset.check(name, found):
@@ -653,8 +654,7 @@ def _offer(agent: Agent) -> str:
 
 
 def _clarify(agent: Agent) -> str:
-    what = ", ".join(t.replace("_", " ") for t in agent.tools)
-    return f"Sorry, I didn't catch that. I can help with: {what}. Could you rephrase?"
+    return f"Sorry, I didn't catch that. {_offer(agent)} Could you rephrase?"
 
 
 def describe(agent: Agent) -> dict[str, Any]:
