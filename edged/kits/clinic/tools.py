@@ -236,6 +236,11 @@ class ClinicTools:
         self._spec = spec
         self._groups = dict(groups or {})
         self._rule = rule
+        forms = sorted({f for p in providers for f in (p.name, *normalize(p.name).split()[-1:])},
+                       key=len, reverse=True)  # full names before surnames
+        self._provider_names = re.compile(
+            r"\b(?:dr\.? |doctor )?(?:" + "|".join(map(re.escape, forms)) + r")\b", re.I
+        ) if forms else None
         self._store = store
         self.providers = providers
         self._patients = patients
@@ -656,11 +661,7 @@ class ClinicTools:
         """Providers' names out ("Nurse Practitioner Johnson" asks for no nurse), days and
         times marked."""
         today = self._clock().date()
-        out = text
-        for p in self.providers:
-            for form in (p.name, *normalize(p.name).split()[-1:]):
-                out = re.sub(rf"\b(?:dr\.? |doctor )?{re.escape(form)}\b", "the provider", out,
-                             flags=re.I)
+        out = self._provider_names.sub("the provider", text) if self._provider_names else text
         if parse_date(text, today):
             out += " DATE"
         if parse_time(text):

@@ -57,6 +57,14 @@ class RetailTools:
         self._tickets = tickets
         self.here = options.store or next(iter(catalog.stores), "")
         self._named = {p.name.lower(): p for p in catalog.by_sku.values()}
+        # store ids and name words, as matched and as cut out of a text (built once)
+        self._store_words = {sid: {w for w in words(name)
+                                   if len(w) > 3 and w not in _GENERIC_STORE_WORDS}
+                             for sid, name in catalog.stores.items()}
+        names = sorted({w for sid, name in catalog.stores.items()
+                        for w in (sid, *words(name)) if len(w) > 2}, key=len, reverse=True)
+        self._store_names = (re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b",
+                                        re.I) if names else None)
 
     def tools(self) -> list[Tool]:
         return collect(self)
@@ -123,20 +131,14 @@ class RetailTools:
         if not said:
             return None
         toks = set(words(said))
-        for sid, name in self.catalog.stores.items():
-            own = {w for w in words(name) if len(w) > 3 and w not in _GENERIC_STORE_WORDS}
+        for sid, own in self._store_words.items():
             if sid in toks or own & toks:
                 return sid
         return None
 
     def _without_stores(self, text: str) -> str:
         """The text with store names out: "the riverside one" names no product."""
-        names = sorted({w for sid, name in self.catalog.stores.items()
-                        for w in (sid, *words(name)) if len(w) > 2}, key=len, reverse=True)
-        if not names:
-            return text
-        return re.sub(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b", " ", text,
-                      flags=re.I)
+        return self._store_names.sub(" ", text) if self._store_names else text
 
     def _stock_summary(self, line: Line, rows: list[JSON], here: int, wanted: str,
                        where: str) -> str:
