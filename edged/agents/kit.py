@@ -109,7 +109,7 @@ class Asking(Protocol):
 
 @runtime_checkable
 class Preparing(Protocol):
-    def instead(self, tool_name: str, args: JSON, missing: list[str],
+    def instead(self, tool_name: str, args: JSON, missing: list[str], text: str,
                 state: JSON) -> tuple[str, JSON] | None:
         """A request misses ``missing``: a tool to run first that shows the choices (the
         free slots before asking for a time), or None to just ask."""

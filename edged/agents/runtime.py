@@ -294,8 +294,8 @@ class AgentRuntime:
         missing = [k for k in tool.schema["required"] if k not in args]
         ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
         if missing:
-            return await self._ask(agent, tool, toolset, ctx, args, missing, state, events,
-                                   intent, route_ms)
+            return await self._ask(agent, tool, toolset, ctx, args, missing, text, state,
+                                   events, intent, route_ms)
         state.pop("pending", None)
         actions = await self._run_chain(agent, ctx, tool.name, args, state, events)
         reply, by = await self._writer.write(agent.spec, text, actions)
@@ -303,15 +303,15 @@ class AgentRuntime:
                     reply_by=by)
 
     async def _ask(self, agent: Agent, tool: Tool, toolset: Toolset, ctx: ToolContext,
-                   args: JSON, missing: list[str], state: JSON, events: EventSink | None,
-                   intent: str, route_ms: float) -> Turn:
+                   args: JSON, missing: list[str], text: str, state: JSON,
+                   events: EventSink | None, intent: str, route_ms: float) -> Turn:
         """A request short of a detail waits for it. When the kit can first show the
         choices (the free slots before a time is asked), that tool runs and the question
         follows its answer."""
         state["pending"] = {"tool": tool.name, "args": args}
         pending = {"tool": tool.name, "arguments": args, "missing": missing}
         question = _question(tool, toolset, missing[0])
-        step = (toolset.instead(tool.name, args, missing, state)
+        step = (toolset.instead(tool.name, args, missing, text, state)
                 if isinstance(toolset, Preparing) else None)
         if step is None or step[0] not in agent.tools:
             return Turn(ctx.session_id, question, [], intent, route_ms, pending)

@@ -560,7 +560,7 @@ class ClinicTools:
     def question(self, tool_name: str, slot: str) -> str | None:
         return QUESTIONS.get(slot)
 
-    def instead(self, tool_name: str, args: JSON, missing: list[str],
+    def instead(self, tool_name: str, args: JSON, missing: list[str], text: str,
                 state: JSON) -> tuple[str, JSON] | None:
         """A booking with no day or time yet shows the free slots first: the patient picks
         one of them, and is asked their name only once the slot is known."""
@@ -568,9 +568,20 @@ class ClinicTools:
                 or not ({"date", "time"} & set(missing))):
             return None
         wanted = {k: args[k] for k in ("provider", "date") if args.get(k)}
-        if state.get("part_of_day"):
-            wanted["part_of_day"] = state["part_of_day"]
+        part = self._part_wanted(text, state)
+        if part:
+            wanted["part_of_day"] = part
         return "check_appointment_availability", wanted
+
+    def _part_wanted(self, text: str, state: JSON) -> str | None:
+        """The part of day the text says, or the one asked before unless the text turns to
+        another provider ("same time" keeps it whatever)."""
+        said = part_of_day(text)
+        if said:
+            return said
+        same = re.search(r"\bsame (?:time|day|slot)\b", text.lower()) is not None
+        kept: str | None = state.get("part_of_day")
+        return kept if same or not self.find_providers(_without_name(text)) else None
 
     def continues(self, last_tool: str, text: str, state: JSON) -> str | None:
         """After free slots were listed, a time or a name picks one: that is a booking."""
@@ -583,7 +594,7 @@ class ClinicTools:
     def extract(self, tool_name: str, text: str, state: JSON) -> JSON:
         today = self._clock().date()
         name = _patient_name(text)
-        about = text.replace(name, " ") if name else text  # "Omar Haddad" is not Dr. Haddad
+        about = _without_name(text)  # "Omar Haddad" is not Dr. Haddad
         found = self.find_providers(about)
         if re.search(r"\b(?:other|another|different)\b", about.lower()) and len(found) > 1:
             # "the other family doctor": not the one we were talking about
@@ -592,12 +603,8 @@ class ClinicTools:
         provider = _provider_label(found, about) or state.get("provider")
         day = parse_date(text, today)
         args: JSON = {"provider": provider, "date": day.isoformat() if day else state.get("date")}
-        part = part_of_day(text)
-        same = re.search(r"\bsame (?:time|day|slot)\b", text.lower()) is not None
-        state["part_of_day"] = part or (state.get("part_of_day")
-                                        if not found or same else None)
         if tool_name == "check_appointment_availability":
-            args["part_of_day"] = state["part_of_day"]
+            args["part_of_day"] = self._part_wanted(text, state)
             if not found and day is None:  # a fresh question, not a follow-up
                 args["date"] = state.get("date") if state.get("provider") else None
             return args
@@ -649,6 +656,8 @@ class ClinicTools:
         for key in ("provider", "date", "time", "patient_name"):
             if args.get(key):
                 state[key] = args[key]
+        if tool_name == "check_appointment_availability":  # what "same time" keeps
+            state["part_of_day"] = args.get("part_of_day")
         if result.get("booked"):
             state.pop("time", None)
 
@@ -725,6 +734,11 @@ def _same_name(said: str, name: str) -> bool:
     if len(said) < 5 or len(name) < 5:
         return said == name
     return similarity(said, name) >= 0.85
+
+
+def _without_name(text: str) -> str:
+    name = _patient_name(text)
+    return text.replace(name, " ") if name else text
 
 
 def _patient_name(text: str) -> str | None:
