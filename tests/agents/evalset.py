@@ -6,6 +6,7 @@ config/agents/."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -33,13 +34,14 @@ def expected_date(spec: str, today: dt.date) -> str:
     return (today + dt.timedelta(days=ahead)).isoformat()
 
 
-def _norm(value: Any) -> str:
+def norm(value: Any) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", str(value).lower()))
 
 
-def _providers_of(specialty: str) -> list[str]:
+@functools.cache
+def _providers_of(specialty: str) -> tuple[str, ...]:
     clinic = json.loads((HERE.parents[1] / "config" / "data" / "clinic.json").read_text())
-    return [p["name"] for p in clinic["providers"] if p["specialty"] == specialty]
+    return tuple(p["name"] for p in clinic["providers"] if p["specialty"] == specialty)
 
 
 def arg_matches(key: str, want: Any, got: Any, today: dt.date) -> bool:
@@ -50,11 +52,11 @@ def arg_matches(key: str, want: Any, got: Any, today: dt.date) -> bool:
     if key == "date":
         return str(got) == expected_date(str(want), today)
     if key == "items":
-        return all(any(_norm(w["product"]) in _norm(g.get("product", ""))
+        return all(any(norm(w["product"]) in norm(g.get("product", ""))
                        and w["quantity"] == g.get("quantity") for g in got) for w in want)
     if isinstance(want, int | float):
         return float(got) == float(want)
-    return _norm(want) in _norm(got) or (_norm(got) in _norm(want) and bool(_norm(got)))
+    return norm(want) in norm(got) or (norm(got) in norm(want) and bool(norm(got)))
 
 
 @dataclass

@@ -19,9 +19,10 @@ from typing import Any
 
 from edged.agents import portal
 from edged.client import Client
+from tests.agents import evalset
 
 HERE = Path(__file__).parent
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYS = evalset.DAYS
 PATIENT = "P-100234"
 
 
@@ -30,22 +31,15 @@ def load(name: str) -> Any:
 
 
 def expected_date(spec: str, today: dt.date) -> str | None:
-    """"+1d" is tomorrow; "dow:tue" the coming Tuesday (next week's on a Tuesday)."""
-    m = re.fullmatch(r"\+(\d+)d", spec)
-    if m:
-        return (today + dt.timedelta(days=int(m.group(1)))).isoformat()
-    if spec.startswith("dow:") and spec[4:] in DAYS:
-        ahead = (DAYS.index(spec[4:]) - today.weekday()) % 7 or 7
-        return (today + dt.timedelta(days=ahead)).isoformat()
+    """"+1d" is tomorrow; "dow:tue" the coming Tuesday (next week's on a Tuesday); None for
+    a spec of neither form."""
+    if re.fullmatch(r"\+\d+d|dow:(?:" + "|".join(DAYS) + ")", spec):
+        return evalset.expected_date(spec, today)
     return None
 
 
-def _norm(value: Any) -> str:
-    return " ".join(re.findall(r"[a-z0-9']+", str(value).lower()))
-
-
 def _loose(want: Any, got: Any) -> bool:
-    w, g = _norm(want), _norm(got)
+    w, g = evalset.norm(want), evalset.norm(got)
     return bool(g) and (w in g or g in w)
 
 
