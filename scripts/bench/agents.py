@@ -25,6 +25,7 @@ import shutil
 import statistics
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,10 @@ def config(state: Path, templates: bool) -> dict[str, Any]:
     """The shipped agents on the bundled encoder and model; model slot proposals off (as
     shipped: docs/agents.md says why)."""
     off = {"model_slots": False, "model_reply": not templates}
-    scopes = {"kiosk": 0.275, "clinic": 0.30}  # as in config/edged.toml
+    shipped = tomllib.loads((REPO / "config" / "edged.toml").read_text())["agents"]
     return deep_merge(agents_config(state), {"agents": {
-        a: {**off, "scope_threshold": scopes[a]} for a in ("kiosk", "clinic")}})
+        a: {**off, "scope_threshold": shipped[a]["scope_threshold"]}
+        for a in ("kiosk", "clinic")}})
 
 
 def first_turns(templates: bool) -> dict[str, float]:
