@@ -23,9 +23,10 @@ from aiohttp import web
 
 from edged.api.body import json_object
 from edged.errors import BadRequest, EdgedError, Unavailable
-from edged.models import structured
+from edged.models.chat_format import FORMATS
 from edged.models.contract import Generation
 from edged.models.manager import ModelManager
+from edged.models.outputs import Answer, CallStart, Event, Output, Text
 from edged.models.requests import (
     ChatRequest,
     dumps,
@@ -50,12 +51,17 @@ def _finish(reason: str) -> str:
     return "stop" if reason == "cancelled" else reason
 
 
-def _chat_message(req: ChatRequest, gen: Generation) -> tuple[dict[str, Any], str]:
-    if req.tool_mode != "none":
-        call = structured.parse_tool_call(gen.text, req.tools)
-        if call is not None:
-            return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
-    return {"role": "assistant", "content": gen.text}, _finish(gen.finish_reason)
+def _chat_message(req: ChatRequest, answer: Answer) -> tuple[dict[str, Any], str]:
+    if answer.call is None:
+        return {"role": "assistant", "content": answer.text}, answer.finish_reason
+    call = answer.call
+    function = {"name": call.name, "arguments": call.arguments}
+    finish = answer.finish_reason
+    if req.legacy_functions:
+        return ({"role": "assistant", "content": None, "function_call": function},
+                "function_call" if finish == "tool_calls" else finish)
+    return ({"role": "assistant", "content": None,
+             "tool_calls": [{"id": call.id, "type": "function", "function": function}]}, finish)
 
 
 class ModelRoutes:
@@ -83,20 +89,30 @@ class ModelRoutes:
         return web.json_response(await self._models.catalog_entry(request.match_info["alias"]))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        req = parse_chat(await json_object(request))
+        req = parse_chat(await json_object(request), self._tool_rounds)
         ident = f"chatcmpl-{secrets.token_hex(12)}"
-        if req.stream and req.tool_mode == "none":
+        output = self.output(req)
+        if req.stream:
             stream = self._models.stream_chat(req.model, req.messages, req.params)
-            return await self._sse(request, stream, _ChatChunks(ident, req))
+            return await self._sse(request, stream, _ChatChunks(ident, req, output))
         gen = await self._models.chat(req.model, req.messages, req.params)
-        message, finish = _chat_message(req, gen)
-        if req.stream:  # a tool call is streamed whole, as one delta
-            return await _sse_whole(request, _ChatChunks(ident, req), message, finish, gen)
+        output.feed(gen.text)
+        message, finish = _chat_message(req, output.end(gen)[1])
         return web.json_response({
             "id": ident, "object": "chat.completion", "created": int(time.time()),
             "model": req.model, "usage": _usage(gen),
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         })
+
+    def output(self, req: ChatRequest) -> Output:
+        """How the answer to ``req`` is read: the model's turn markers and the request's
+        stops held back, calls told from text."""
+        spec = self._models.spec(req.model)
+        stops = (*FORMATS[spec.chat_format].stops, *req.params.stop)
+        return Output(stops, req.tools, calls=req.tool_mode != "none" and not req.answer_in_text)
+
+    def _tool_rounds(self, alias: str) -> int:
+        return self._models.spec(alias).tool_rounds
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_completion(await json_object(request))
@@ -198,9 +214,10 @@ def _b64(vector: list[float]) -> str:
 
 
 class _ChatChunks:
-    def __init__(self, ident: str, req: ChatRequest) -> None:
+    def __init__(self, ident: str, req: ChatRequest, output: Output) -> None:
         self._ident = ident
         self._req = req
+        self._output = output
         self._created = int(time.time())
         self._first = True
 
@@ -209,16 +226,33 @@ class _ChatChunks:
                 "model": self._req.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-    def piece(self, text: str) -> dict[str, Any]:
-        delta: dict[str, Any] = {"content": text}
+    def piece(self, text: str) -> list[dict[str, Any]]:
+        return [self._event(e) for e in self._output.feed(text)]
+
+    def _event(self, event: Event) -> dict[str, Any]:
+        delta: dict[str, Any]
+        if isinstance(event, Text):
+            delta = {"content": event.text}
+        elif self._req.legacy_functions:
+            delta = {"function_call": {"name": event.name, "arguments": ""}
+                     if isinstance(event, CallStart) else {"arguments": event.text}}
+        elif isinstance(event, CallStart):
+            delta = {"tool_calls": [{"index": 0, "id": event.id, "type": "function",
+                                     "function": {"name": event.name, "arguments": ""}}]}
+        else:
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": event.text}}]}
         if self._first:
             delta["role"] = "assistant"
             self._first = False
         return self._chunk(delta, None)
 
     def end(self, gen: Generation | None, finish: str | None = None) -> list[dict[str, Any]]:
-        chunks = [self._chunk({}, finish or _finish(gen.finish_reason if gen else "stop"))]
-        if self._req.include_usage and gen is not None:
+        if gen is None:
+            return [self._chunk({}, finish or "stop")]
+        events, answer = self._output.end(gen)
+        chunks = [self._event(e) for e in events]
+        chunks.append(self._chunk({}, finish or _chat_message(self._req, answer)[1]))
+        if self._req.include_usage:
             chunks.append({**self._chunk({}, None), "choices": [], "usage": _usage(gen)})
         return chunks
 
@@ -235,8 +269,8 @@ class _CompletionChunks:
                 "choices": [{"index": 0, "text": text, "logprobs": None,
                              "finish_reason": finish}]}
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return self._chunk(text, None)
+    def piece(self, text: str) -> list[dict[str, Any]]:
+        return [self._chunk(text, None)]
 
     def end(self, gen: Generation | None, finish: str | None = None) -> list[dict[str, Any]]:
         return [self._chunk("", finish or _finish(gen.finish_reason if gen else "stop"))]
@@ -265,10 +299,11 @@ async def _sse(request: web.Request, stream: TokenStream,
         raise
     resp = await _start_sse(request)
     try:
-        if first is not None:
-            await _send(resp, chunks.piece(first))
+        for chunk in chunks.piece(first) if first is not None else []:
+            await _send(resp, chunk)
         async for piece in stream:
-            await _send(resp, chunks.piece(piece))
+            for chunk in chunks.piece(piece):
+                await _send(resp, chunk)
         for chunk in chunks.end(stream.result):
             await _send(resp, chunk)
         await _send(resp, "[DONE]")
@@ -295,14 +330,3 @@ async def _cut_short(resp: web.StreamResponse) -> None:
             await resp.write_eof()
 
 
-async def _sse_whole(request: web.Request, chunks: _ChatChunks, message: dict[str, Any],
-                     finish: str, gen: Generation) -> web.StreamResponse:
-    resp = await _start_sse(request)
-    delta = dict(message)
-    if delta.get("tool_calls"):
-        delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(delta["tool_calls"])]
-    await _send(resp, chunks._chunk(delta, None))
-    for chunk in chunks.end(gen, finish):
-        await _send(resp, chunk)
-    await _send(resp, "[DONE]")
-    return resp

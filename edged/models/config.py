@@ -27,6 +27,7 @@ class ModelSpec:
     variants: tuple[str, ...]  # smaller aliases to prefer under power pressure
     embedding: bool
     kind: str  # chat | embedding | classifier
+    tool_rounds: int = 1  # rounds of tool calls in a row before "auto" answers in text
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def _parse_spec(alias: str, t: Table) -> ModelSpec:
         variants=t.str_list("variants", ()),
         embedding=t.bool("embedding", True),
         kind=t.choice("kind", ("chat", "embedding", "classifier"), "chat"),
+        tool_rounds=t.int("tool_rounds", 1, min=1, max=64),
     )
     if fmt == "onnx" and package is not None:
         _check_packaged_encoder(spec, t)

@@ -90,6 +90,10 @@ class ModelManager:
     def aliases(self) -> Sequence[str]:
         return list(self._slots)
 
+    def spec(self, alias: str) -> ModelSpec:
+        """The config of ``alias`` (404 naming the known aliases)."""
+        return self._catalog.spec(alias)
+
     async def chat(self, alias: str, messages: Sequence[dict[str, Any]],
                    params: GenerateParams) -> Generation:
         return await self.generate(alias, list(messages), params)

@@ -11,6 +11,7 @@ requests always run at normal priority; agents set theirs in-process.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,8 @@ from edged.models.contract import GenerateParams
 from edged.models.structured import Tool
 from edged.tomlreader import Table
 
-ROLES = ("system", "user", "assistant", "tool", "developer")
+ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+TOOL_ROUNDS = 1  # rounds of tool calls "auto" allows in a row (models.<alias>.tool_rounds)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ChatRequest:
     tools: list[Tool] = field(default_factory=list)
     tool_mode: str = "none"  # none | auto | required
     json_output: bool = False
+    legacy_functions: bool = False  # asked with functions/function_call: answer in kind
+    answer_in_text: bool = False  # tool results are in: "auto" answers in plain text
 
 
 def _stop(t: Table) -> tuple[str, ...]:
@@ -78,16 +82,38 @@ def _messages(t: Table) -> list[dict[str, Any]]:
         if m.get("role") not in ROLES:
             raise BadRequest(f"messages[{i}].role: expected one of {', '.join(ROLES)}")
         _check_message(m, f"messages[{i}]")
-    return [dict(m, role="system" if m["role"] == "developer" else m["role"]) for m in raw]
+    return [_current(m, i) for m in raw]
+
+
+def _current(m: dict[str, Any], i: int) -> dict[str, Any]:
+    """A message in today's shape: ``developer`` is ``system``; the legacy ``function_call``
+    and ``role: "function"`` are a tool call and its result."""
+    role = m["role"]
+    if role == "developer":
+        return dict(m, role="system")
+    if role == "function":
+        return {"role": "tool", "name": m.get("name"), "content": m.get("content"),
+                "tool_call_id": f"legacy_{m.get('name')}"}
+    call = m.get("function_call")
+    if role == "assistant" and isinstance(call, dict) and not m.get("tool_calls"):
+        return dict(m, tool_calls=[{"id": f"legacy_{call.get('name')}", "type": "function",
+                                    "function": call}])
+    return m
 
 
 def _check_message(m: dict[str, Any], key: str) -> None:
     calls = m.get("tool_calls")
     if calls is not None and not isinstance(calls, list):
         raise BadRequest(f"{key}.tool_calls: expected a list of tool calls")
+    legacy = m.get("function_call")
+    if legacy is not None and not (isinstance(legacy, dict)
+                                   and isinstance(legacy.get("name"), str)):
+        raise BadRequest(f"{key}.function_call: expected an object with a name and arguments")
+    if m["role"] == "function" and not isinstance(m.get("name"), str):
+        raise BadRequest(f"{key}.name: a function message needs the name of its function")
     content = m.get("content")
     if content is None:
-        if m["role"] == "assistant" and calls:
+        if m["role"] == "assistant" and (calls or legacy):
             return
         raise BadRequest(f"{key}.content: expected a string or a list of text parts "
                          "(null only on an assistant message with tool_calls)")
@@ -101,27 +127,69 @@ def _check_message(m: dict[str, Any], key: str) -> None:
         raise BadRequest(f"{key}.content: expected a string or a list of text parts")
 
 
-def _tools(t: Table) -> list[Tool]:
+def _tools(t: Table) -> tuple[list[Tool], bool]:
+    """The request's tools, and whether they came as the legacy ``functions``."""
     raw = t.raw("tools", None) or []
+    legacy = t.raw("functions", None)
+    if legacy is not None:
+        if raw:
+            raise BadRequest("functions: send tools or the legacy functions, not both")
+        if not isinstance(legacy, list):
+            raise BadRequest("functions: expected a list of function definitions")
+        return [function_tool(fn, f"functions[{i}]") for i, fn in enumerate(legacy)], True
     if not isinstance(raw, list):
         raise BadRequest("tools: expected a list")
     tools = []
     for i, item in enumerate(raw):
+        if isinstance(item, dict) and item.get("type", "function") != "function":
+            raise BadRequest(f"tools[{i}].type: only function tools are supported, got "
+                             f"{item.get('type')!r}")
         fn = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise BadRequest(f"tools[{i}].function.name: expected a string")
-        params = fn.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, dict):
-            raise BadRequest(f"tools[{i}].function.parameters: expected a JSON schema object")
-        if not isinstance(params.get("properties", {}), dict):
-            raise BadRequest(f"tools[{i}].function.parameters.properties: expected an object "
-                             "of property schemas")
-        tools.append(Tool(fn["name"], str(fn.get("description", "")), params))
-    return tools
+        tools.append(function_tool(fn, f"tools[{i}].function"))
+    return tools, False
 
 
-def _tool_mode(t: Table, tools: list[Tool]) -> tuple[str, list[Tool]]:
-    choice = t.raw("tool_choice", "auto" if tools else "none")
+def function_tool(fn: Any, key: str) -> Tool:
+    """A function definition (``name``, ``description``, ``parameters``) as a Tool."""
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise BadRequest(f"{key}.name: expected a string")
+    params = fn.get("parameters")
+    if params is None:
+        params = {"type": "object", "properties": {}}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{key}.parameters: expected a JSON schema object")
+    if not isinstance(params.get("properties", {}), dict):
+        raise BadRequest(f"{key}.parameters.properties: expected an object of property "
+                         "schemas")
+    description = fn.get("description")
+    return Tool(fn["name"], description if isinstance(description, str) else "", params)
+
+
+def _legacy_choice(t: Table) -> Any:
+    """``function_call`` ("none", "auto" or {"name": ...}) as a ``tool_choice``."""
+    choice = t.raw("function_call", None)
+    if choice is None or choice in ("none", "auto"):
+        return choice
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise BadRequest(f'function_call: expected none, auto or {{"name": ...}}, got {choice!r}')
+
+
+def tool_rounds(messages: list[dict[str, Any]]) -> int:
+    """Rounds of tool calls answered since the last user message."""
+    rounds = 0
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            break
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            rounds += 1
+    return rounds
+
+
+def _tool_mode(t: Table, tools: list[Tool], legacy: bool) -> tuple[str, list[Tool]]:
+    default = "auto" if tools else "none"
+    choice = _legacy_choice(t) if legacy else t.raw("tool_choice", default)
+    choice = default if choice is None else choice
     if choice in ("none", "auto"):
         return (choice if tools else "none"), tools
     if choice == "required":
@@ -164,16 +232,27 @@ def _response_grammar(t: Table) -> str | None:
     raise BadRequest("response_format.type: expected text, json_object or json_schema")
 
 
-def parse_chat(body: dict[str, Any]) -> ChatRequest:
+def parse_chat(body: dict[str, Any],
+               max_rounds: Callable[[str], int] = lambda _alias: TOOL_ROUNDS) -> ChatRequest:
+    """``max_rounds``: the model's ``tool_rounds``; after that many rounds of calls since the
+    user spoke, "auto" answers in text, so a small model that would call again answers."""
     t = Table(body, "", error=BadRequest)
     model = t.str("model")
     messages = _messages(t)
-    tool_mode, tools = _tool_mode(t, _tools(t))
+    tools, legacy = _tools(t)
+    if not legacy and t.raw("function_call", None) is not None:
+        raise BadRequest("function_call: goes with the legacy functions; with tools, use "
+                         "tool_choice")
+    tool_mode, tools = _tool_mode(t, tools, legacy)
     params = params_from(t, 256)
     grammar = _response_grammar(t)
+    rounds = tool_rounds(messages) if tool_mode == "auto" else 0
+    in_text = rounds > 0 and rounds >= max_rounds(model)
     if tool_mode != "none":
-        grammar = structured.tool_grammar(tools, allow_text=tool_mode == "auto")
-        prompt = structured.tool_prompt(tools, required=tool_mode == "required")
+        grammar = (structured.answer_grammar() if in_text
+                   else structured.tool_grammar(tools, allow_text=tool_mode == "auto"))
+        prompt = structured.tool_prompt(tools, required=tool_mode == "required",
+                                        answer=in_text)
         messages = [{"role": "system", "content": prompt}, *messages]
     options = t.raw("stream_options", None)
     return ChatRequest(
@@ -181,7 +260,8 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
         params=_with_grammar(params, grammar),
         stream=t.bool("stream", False),
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
-        tools=tools, tool_mode=tool_mode, json_output=grammar is not None,
+        tools=tools, tool_mode=tool_mode, json_output=grammar is not None and not in_text,
+        legacy_functions=legacy, answer_in_text=in_text,
     )
 
 

@@ -17,8 +17,13 @@ from edged.errors import BadRequest
 
 _LOOSE_CHAR = 'char ::= [^"\\\\]'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
-# Free text that does not open a JSON object: what "auto" allows besides a tool call.
-_TEXT_RULE = 'text ::= [^{] [^\\x00]*'
+# Free text that does not open a JSON object: what "auto" allows besides a tool call. It may
+# not start with whitespace either: " {" would be a call written as text.
+_TEXT_RULE = 'text ::= [^{ \\t\\n\\r] [^\\x00]*'
+# What a string with no maxLength of its own may run to: without a bound, a small model can
+# repeat one character until max_tokens cuts the call off (docs/models.md).
+STRING_BOUND = 128
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
 
 @dataclass(frozen=True)
@@ -32,13 +37,31 @@ def schema_grammar(schema: dict[str, Any], field: str) -> str:
     """GBNF for ``schema``; an unsupported schema is a 400 naming ``field``."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
     try:
-        gbnf = str(json_schema_to_gbnf(json.dumps(schema)))
+        gbnf = str(json_schema_to_gbnf(json.dumps(bounded(schema))))
     except Exception as e:  # the converter raises bare Exception/KeyError/... on odd schemas
         raise BadRequest(f"{field}: cannot turn this JSON schema into a grammar: {e}",
                          code="unsupported_schema") from None
     # This converter lets raw newlines and control characters into strings, which JSON
     # forbids (and a base model happily writes "\nUser: ..." into a string value).
     return _ends_at_root(gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR))
+
+
+def bounded(schema: Any) -> Any:
+    """``schema`` with ``maxLength`` = STRING_BOUND on every free string that has none."""
+    if isinstance(schema, list):
+        return [bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v) if k in ("items", "additionalProperties", "not", *_SCHEMA_LISTS)
+           else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: bounded(s) for name, s in schema[key].items()}
+    kind = schema.get("type")
+    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "maxLength"))
+    if free and (kind == "string" or (isinstance(kind, list) and "string" in kind)):
+        out["maxLength"] = STRING_BOUND
+    return out
 
 
 def _ends_at_root(gbnf: str) -> str:
@@ -68,6 +91,13 @@ def call_schema(tools: list[Tool]) -> dict[str, Any]:
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
+def answer_grammar() -> str:
+    """Prose, the answer once the tool results are in (see ``tool_rounds``): it opens with
+    neither whitespace, a quote nor a bracket and holds no braces, so a small model cannot
+    echo its call or the result's JSON back as the answer."""
+    return 'root ::= [^{}\\[\\]"\' \\t\\n\\r\\x00] [^{}\\x00]*\n'
+
+
 def tool_grammar(tools: list[Tool], allow_text: bool) -> str:
     gbnf = schema_grammar(call_schema(tools), "tools")
     if not allow_text:
@@ -77,14 +107,19 @@ def tool_grammar(tools: list[Tool], allow_text: bool) -> str:
     return f"root ::= call | text\n{_TEXT_RULE}\n{renamed}"
 
 
-def tool_prompt(tools: list[Tool], required: bool) -> str:
-    """A system message telling the model what it may call and how."""
+def tool_prompt(tools: list[Tool], required: bool, answer: bool = False) -> str:
+    """A system message telling the model what it may call and how; with ``answer``, that
+    the results are in and it answers in text."""
     lines = ["You can call these tools:"]
     for t in tools:
         params = ", ".join(t.parameters.get("properties", {}))
         lines.append(f"- {t.name}({params}): {t.description}".rstrip(": "))
     how = 'To call a tool, reply only with JSON: {"name": "<tool>", "arguments": {...}}.'
-    lines.append(how if required else how + " Otherwise reply in plain text.")
+    if answer:
+        how = "The tool results are in: answer the user in plain text from them."
+    elif not required:
+        how += " Otherwise reply in plain text. After a tool result, answer in plain text."
+    lines.append(how)
     return "\n".join(lines)
 
 

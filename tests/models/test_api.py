@@ -79,7 +79,9 @@ def test_stream(sdk: openai.OpenAI) -> None:
     pieces = [d.content for d in deltas if d.content]
     assert len(pieces) > 1
     assert "Rome" in "".join(pieces)
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(pieces)
+    # Text that might open a turn marker is held back a piece, so pieces <= tokens.
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= len(pieces)
+    assert not pieces[0].startswith(" ")
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function",
@@ -105,7 +107,10 @@ def test_streamed_tool_call(sdk: openai.OpenAI) -> None:
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     calls = [tc for d in deltas for tc in (d.tool_calls or [])]
     assert calls[0].function is not None and calls[0].function.name == "check_inventory"
-    jsonschema.validate(json.loads(calls[0].function.arguments or ""),
+    assert calls[0].id and all(tc.index == 0 for tc in calls)
+    fragments = [tc.function.arguments or "" for tc in calls[1:] if tc.function is not None]
+    assert len(fragments) > 1  # the arguments arrive as they are written
+    jsonschema.validate(json.loads("".join(fragments)),
                         INVENTORY["function"]["parameters"])  # type: ignore[index]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
