@@ -17,6 +17,7 @@ import math
 import secrets
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from edged.models.requests import (
     parse_completion,
     parse_embedding,
 )
+from edged.models.responses import ResponseEvents, ResponseStore, parse_response
 from edged.models.streams import TokenStream
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class ModelRoutes:
     def __init__(self, manager: ModelManager) -> None:
         self._models = manager
         self._streaming: set[asyncio.Task[Any]] = set()
+        self._responses = ResponseStore()
 
     def add_routes(self, app: web.Application) -> None:
         app.on_shutdown.append(self._cut_streams)
@@ -76,6 +79,7 @@ class ModelRoutes:
         r.add_get("/v1/models/{alias}", self.get_model)
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/v1/completions", self.completions)
+        r.add_post("/v1/responses", self.responses)
         r.add_post("/v1/embeddings", self.embeddings)
         r.add_post("/v1/classify", self.classify)
         r.add_get("/admin/ps", self.ps)
@@ -104,6 +108,28 @@ class ModelRoutes:
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         })
 
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API (edged/models/responses.py); errors in its shape: a ``type``
+        and the ``param`` the message names."""
+        try:
+            return await self._respond(request)
+        except EdgedError as e:
+            e.details.setdefault("type", "invalid_request_error" if e.status < 500
+                                 else "server_error")
+            field = e.message.split(":", 1)[0]
+            e.details.setdefault("param", field if field and " " not in field else None)
+            raise
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
+        req = parse_response(await json_object(request), self._responses, self._tool_rounds)
+        events = ResponseEvents(req, self.output(req.chat), self._responses)
+        chat = req.chat
+        if chat.stream:
+            stream = self._models.stream_chat(chat.model, chat.messages, chat.params)
+            return await self._sse(request, stream, _ResponseFrames(events))
+        gen = await self._models.chat(chat.model, chat.messages, chat.params)
+        return web.json_response(events.whole(gen))
+
     def output(self, req: ChatRequest) -> Output:
         """How the answer to ``req`` is read: the model's turn markers and the request's
         stops held back, calls told from text."""
@@ -129,7 +155,7 @@ class ModelRoutes:
         })
 
     async def _sse(self, request: web.Request, stream: TokenStream,
-                   chunks: _ChatChunks | _CompletionChunks) -> web.StreamResponse:
+                   chunks: _Frames) -> web.StreamResponse:
         task = asyncio.current_task()
         assert task is not None
         self._streaming.add(task)
@@ -213,7 +239,31 @@ def _b64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-class _ChatChunks:
+class _Frames:
+    """What a stream sends: frames before, per piece, after and on error. Chat and text
+    completions end with ``[DONE]``; the Responses API names each event instead."""
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+    def piece(self, text: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def end(self, gen: Generation | None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def error(self, error: EdgedError) -> list[dict[str, Any]]:
+        return [error.envelope()]
+
+    def closing(self) -> list[str]:
+        return ["[DONE]"]
+
+    def frame(self, data: dict[str, Any] | str) -> bytes:
+        payload = data if isinstance(data, str) else dumps(data)
+        return f"data: {payload}\n\n".encode()
+
+
+class _ChatChunks(_Frames):
     def __init__(self, ident: str, req: ChatRequest, output: Output) -> None:
         self._ident = ident
         self._req = req
@@ -246,18 +296,18 @@ class _ChatChunks:
             self._first = False
         return self._chunk(delta, None)
 
-    def end(self, gen: Generation | None, finish: str | None = None) -> list[dict[str, Any]]:
+    def end(self, gen: Generation | None) -> list[dict[str, Any]]:
         if gen is None:
-            return [self._chunk({}, finish or "stop")]
+            return [self._chunk({}, "stop")]
         events, answer = self._output.end(gen)
         chunks = [self._event(e) for e in events]
-        chunks.append(self._chunk({}, finish or _chat_message(self._req, answer)[1]))
+        chunks.append(self._chunk({}, _chat_message(self._req, answer)[1]))
         if self._req.include_usage:
             chunks.append({**self._chunk({}, None), "choices": [], "usage": _usage(gen)})
         return chunks
 
 
-class _CompletionChunks:
+class _CompletionChunks(_Frames):
     def __init__(self, ident: str, model: str) -> None:
         self._ident = ident
         self._model = model
@@ -272,8 +322,34 @@ class _CompletionChunks:
     def piece(self, text: str) -> list[dict[str, Any]]:
         return [self._chunk(text, None)]
 
-    def end(self, gen: Generation | None, finish: str | None = None) -> list[dict[str, Any]]:
-        return [self._chunk("", finish or _finish(gen.finish_reason if gen else "stop"))]
+    def end(self, gen: Generation | None) -> list[dict[str, Any]]:
+        return [self._chunk("", _finish(gen.finish_reason if gen else "stop"))]
+
+
+class _ResponseFrames(_Frames):
+    """Responses API events: ``event: <type>`` with the event as data; no ``[DONE]``."""
+
+    def __init__(self, events: ResponseEvents) -> None:
+        self._events = events
+
+    def opening(self) -> list[dict[str, Any]]:
+        return self._events.opening()
+
+    def piece(self, text: str) -> list[dict[str, Any]]:
+        return self._events.piece(text)
+
+    def end(self, gen: Generation | None) -> list[dict[str, Any]]:
+        return self._events.end(gen or Generation("", "stop"))
+
+    def error(self, error: EdgedError) -> list[dict[str, Any]]:
+        return self._events.error(error.envelope())
+
+    def closing(self) -> list[str]:
+        return []
+
+    def frame(self, data: dict[str, Any] | str) -> bytes:
+        assert isinstance(data, dict)
+        return f"event: {data['type']}\ndata: {dumps(data)}\n\n".encode()
 
 
 async def _start_sse(request: web.Request) -> web.StreamResponse:
@@ -283,13 +359,14 @@ async def _start_sse(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _send(resp: web.StreamResponse, data: Any) -> None:
-    payload = data if isinstance(data, str) else dumps(data)
-    await resp.write(f"data: {payload}\n\n".encode())
+async def _send(resp: web.StreamResponse, frames: _Frames,
+                data: Sequence[dict[str, Any] | str]) -> None:
+    for item in data:
+        await resp.write(frames.frame(item))
 
 
-async def _sse(request: web.Request, stream: TokenStream,
-               chunks: _ChatChunks | _CompletionChunks) -> web.StreamResponse:
+async def _sse(request: web.Request, stream: TokenStream, frames: _Frames
+               ) -> web.StreamResponse:
     """Stream pieces as SSE. The first piece is awaited before the response starts, so
     refusals (404/429/503) and bad prompts still get a proper status."""
     try:
@@ -299,34 +376,29 @@ async def _sse(request: web.Request, stream: TokenStream,
         raise
     resp = await _start_sse(request)
     try:
-        for chunk in chunks.piece(first) if first is not None else []:
-            await _send(resp, chunk)
+        await _send(resp, frames, frames.opening())
+        await _send(resp, frames, frames.piece(first) if first is not None else [])
         async for piece in stream:
-            for chunk in chunks.piece(piece):
-                await _send(resp, chunk)
-        for chunk in chunks.end(stream.result):
-            await _send(resp, chunk)
-        await _send(resp, "[DONE]")
+            await _send(resp, frames, frames.piece(piece))
+        await _send(resp, frames, frames.end(stream.result))
+        await _send(resp, frames, frames.closing())
     except ConnectionResetError:
         log.info("%s: client went away mid-stream; generation stopped", request.path)
     except EdgedError as e:  # failed after the stream started: say so in the stream
-        await _send(resp, e.envelope())
+        await _send(resp, frames, frames.error(e))
     except asyncio.CancelledError:  # shutdown after its grace period (see _cut_streams)
-        await _cut_short(resp)
+        await _cut_short(resp, frames)
         raise
     finally:
         await stream.aclose()
     return resp
 
 
-async def _cut_short(resp: web.StreamResponse) -> None:
+async def _cut_short(resp: web.StreamResponse, frames: _Frames) -> None:
     """End a cancelled stream the way every stream ends, so the client sees an incomplete
     answer rather than a connection that just stops. Bounded: the client may not read."""
     error = Unavailable("edged is shutting down; this answer is incomplete", code="draining")
     with contextlib.suppress(Exception, asyncio.CancelledError):
         async with asyncio.timeout(LAST_WORDS):
-            await _send(resp, error.envelope())
-            await _send(resp, "[DONE]")
+            await _send(resp, frames, [*frames.error(error), *frames.closing()])
             await resp.write_eof()
-
-

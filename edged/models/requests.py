@@ -34,7 +34,6 @@ class ChatRequest:
     include_usage: bool
     tools: list[Tool] = field(default_factory=list)
     tool_mode: str = "none"  # none | auto | required
-    json_output: bool = False
     legacy_functions: bool = False  # asked with functions/function_call: answer in kind
     answer_in_text: bool = False  # tool results are in: "auto" answers in plain text
 
@@ -187,24 +186,32 @@ def tool_rounds(messages: list[dict[str, Any]]) -> int:
 
 
 def _tool_mode(t: Table, tools: list[Tool], legacy: bool) -> tuple[str, list[Tool]]:
-    default = "auto" if tools else "none"
-    choice = _legacy_choice(t) if legacy else t.raw("tool_choice", default)
-    choice = default if choice is None else choice
+    choice = _legacy_choice(t) if legacy else t.raw("tool_choice", None)
+    return tool_mode(choice, tools, flat=False)
+
+
+def tool_mode(choice: Any, tools: list[Tool], flat: bool) -> tuple[str, list[Tool]]:
+    """The tool mode (none, auto, required) and the tools a ``tool_choice`` leaves. A named
+    function is ``{"type": "function", "function": {"name": ...}}`` in chat completions and
+    ``{"type": "function", "name": ...}`` (``flat``) in the Responses API."""
+    if choice is None:
+        choice = "auto" if tools else "none"
     if choice in ("none", "auto"):
         return (choice if tools else "none"), tools
     if choice == "required":
         return "required", _needs_tools(tools, "'required'")
+    shape = '{"type": "function", "name": ...}' if flat else \
+        '{"type": "function", "function": {"name": ...}}'
     if not isinstance(choice, dict):
-        raise BadRequest("tool_choice: expected none, auto, required or "
-                         f'{{"type": "function", "function": {{"name": ...}}}}, got {choice!r}')
-    fn = choice.get("function")
+        raise BadRequest(f"tool_choice: expected none, auto, required or {shape}, got "
+                         f"{choice!r}")
+    key, fn = ("tool_choice", choice) if flat else ("tool_choice.function",
+                                                     choice.get("function"))
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise BadRequest("tool_choice.function: expected an object with a name, got "
-                         f"{fn!r}")
+        raise BadRequest(f"{key}: expected {shape}, got {choice!r}")
     chosen = [tool for tool in _needs_tools(tools, "a function") if tool.name == fn["name"]]
     if not chosen:
-        raise BadRequest(f"tool_choice.function.name: {fn['name']!r} is not one of the "
-                         "request's tools")
+        raise BadRequest(f"{key}.name: {fn['name']!r} is not one of the request's tools")
     return "required", chosen
 
 
@@ -219,17 +226,41 @@ def _response_grammar(t: Table) -> str | None:
     if fmt is None:
         return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return format_grammar(kind, schema, "response_format")
+
+
+def format_grammar(kind: Any, schema: Any, key: str) -> str | None:
+    """The grammar for an output format (text, json_object or json_schema); ``key`` names
+    the request's field in errors."""
     if kind == "text":
         return None
     if kind == "json_object":
         return structured.json_object_grammar()
     if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
+        field = f"{key}.json_schema.schema" if key == "response_format" else f"{key}.schema"
         if not isinstance(schema, dict):
-            raise BadRequest("response_format.json_schema.schema: expected a JSON schema object")
-        return structured.schema_grammar(schema, "response_format.json_schema.schema")
-    raise BadRequest("response_format.type: expected text, json_object or json_schema")
+            raise BadRequest(f"{field}: expected a JSON schema object")
+        return structured.schema_grammar(schema, field)
+    raise BadRequest(f"{key}.type: expected text, json_object or json_schema")
+
+
+def with_tools(messages: list[dict[str, Any]], tools: list[Tool], tool_mode: str,
+               params: GenerateParams, grammar: str | None, max_rounds: int
+               ) -> tuple[list[dict[str, Any]], GenerateParams, bool]:
+    """The messages and params a request with tools runs with: the tool prompt first and the
+    grammar of a call (or, ``max_rounds`` rounds after the user spoke, of a prose answer).
+    Also whether the answer must be text."""
+    rounds = tool_rounds(messages) if tool_mode == "auto" else 0
+    in_text = rounds > 0 and rounds >= max_rounds
+    if tool_mode != "none":
+        grammar = (structured.answer_grammar() if in_text
+                   else structured.tool_grammar(tools, allow_text=tool_mode == "auto"))
+        prompt = structured.tool_prompt(tools, required=tool_mode == "required",
+                                        answer=in_text)
+        messages = [{"role": "system", "content": prompt}, *messages]
+    return messages, _with_grammar(params, grammar), in_text
 
 
 def parse_chat(body: dict[str, Any],
@@ -246,22 +277,15 @@ def parse_chat(body: dict[str, Any],
     tool_mode, tools = _tool_mode(t, tools, legacy)
     params = params_from(t, 256)
     grammar = _response_grammar(t)
-    rounds = tool_rounds(messages) if tool_mode == "auto" else 0
-    in_text = rounds > 0 and rounds >= max_rounds(model)
-    if tool_mode != "none":
-        grammar = (structured.answer_grammar() if in_text
-                   else structured.tool_grammar(tools, allow_text=tool_mode == "auto"))
-        prompt = structured.tool_prompt(tools, required=tool_mode == "required",
-                                        answer=in_text)
-        messages = [{"role": "system", "content": prompt}, *messages]
+    needs_rounds = tool_mode == "auto" and tool_rounds(messages) > 0
+    messages, params, in_text = with_tools(messages, tools, tool_mode, params, grammar,
+                                           max_rounds(model) if needs_rounds else TOOL_ROUNDS)
     options = t.raw("stream_options", None)
     return ChatRequest(
-        model=model, messages=messages,
-        params=_with_grammar(params, grammar),
+        model=model, messages=messages, params=params,
         stream=t.bool("stream", False),
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
-        tools=tools, tool_mode=tool_mode, json_output=grammar is not None and not in_text,
-        legacy_functions=legacy, answer_in_text=in_text,
+        tools=tools, tool_mode=tool_mode, legacy_functions=legacy, answer_in_text=in_text,
     )
 
 
