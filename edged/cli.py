@@ -18,7 +18,7 @@ from typing import Any
 
 from edged import __version__
 from edged.client import ApiError, Client, DaemonUnreachable
-from edged.config import Config, Overrides, load_config
+from edged.config import Config, Overrides, load_config, parse_toml_text
 from edged.errors import ConfigError, EdgedError
 from edged.remote.versions import load_active
 
@@ -54,15 +54,31 @@ def client_for(args: argparse.Namespace) -> Client:
 
 
 def config_for(args: argparse.Namespace) -> Config:
-    """The config named by --config (or the default), with --state-dir/--socket applied."""
+    """The config named by --config (or the default), with --state-dir/--socket applied.
+    With --state-dir and no config file to be found, the built-in defaults on that folder
+    (an offline verb needs only the daemon's keys and audit log)."""
     overrides = Overrides(
         # Absolute: relative to where the command runs, never to a config file's folder.
         state_dir=Path(args.state_dir).absolute() if getattr(args, "state_dir", None) else None,
         socket=Path(args.socket).absolute() if getattr(args, "socket", None) else None,
     )
-    path = Path(args.config) if getattr(args, "config", None) else default_config_path()
+    named = getattr(args, "config", None)
+    path = Path(named) if named else default_config_path()
+    if not named and not path.exists():
+        if overrides.state_dir is None:
+            looked = ", ".join(str(p) for p in _config_candidates())
+            raise ConfigError(f"no config file (looked for {looked}); pass --config FILE, or "
+                              "--state-dir DIR with the daemon's state folder",
+                              code="no_config")
+        return load_active(parse_toml_text("", source=Path.cwd() / "edged.toml",
+                                           overrides=overrides))
     # A pushed config (edged/remote), when one is active, replaces the local file's.
     return load_active(load_config(path, overrides))
+
+
+def _config_candidates() -> list[str]:
+    env = os.environ.get("EDGED_CONFIG")
+    return [f"$EDGED_CONFIG={env}"] if env else [str(SYSTEM_CONFIG), f"./{DEV_CONFIG}"]
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
@@ -188,14 +204,20 @@ def _fail(args: argparse.Namespace, err: EdgedError, line: str, code: int) -> in
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # A verb's optional trailing positional (chat's MESSAGE) may come after its options.
+    take_rest: Callable[[argparse.Namespace, list[str]], bool] | None = getattr(
+        args, "take_rest", None)
+    if rest and (take_rest is None or not take_rest(args, rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.socket = getattr(args, "socket", None)
     args.json = getattr(args, "json", False)
     try:
         handler: Handler = args.handler
         return handler(args)
     except ConfigError as e:
-        return _fail(args, e, f"invalid config: {e.message}", EX_CONFIG)
+        line = e.message if e.code in ("no_config", "no_keys") else f"invalid config: {e.message}"
+        return _fail(args, e, line, EX_CONFIG)
     except DaemonUnreachable as e:
         return _fail(args, e, e.message, EX_UNAVAILABLE)
     except ApiError as e:

@@ -138,14 +138,15 @@ class RunningDaemon:
 
 
 def cli(*args: str, socket_path: Path | None = None, env: Mapping[str, str] | None = None,
-        input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        input: str | None = None, timeout: float = 300, cwd: Path | None = None
+        ) -> subprocess.CompletedProcess[str]:
     """Run the real ``edged`` CLI in a subprocess."""
     full_env = dict(os.environ)
     if socket_path is not None:
         full_env["EDGED_SOCKET"] = str(socket_path)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True,
-                          env=full_env, input=input, timeout=timeout, cwd=REPO)
+                          env=full_env, input=input, timeout=timeout, cwd=cwd or REPO)
 
 
 def start_daemon(config: Mapping[str, Any], *, state_dir: Path, extra_args: tuple[str, ...] = (),

@@ -14,19 +14,30 @@ from edged.tomlreader import parse_duration
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     chat = sub.add_parser("chat", parents=[common], help="talk to an agent (a prompt loop "
                                                          "without MESSAGE)")
-    chat.add_argument("agent")
-    chat.add_argument("message", nargs="?")
-    chat.add_argument("--session", help="continue a session")
+    chat.add_argument("agent", help="an agent of the config ([agents.NAME], e.g. kiosk or "
+                                    "clinic); an unknown name is answered with the list")
+    chat.add_argument("message", nargs="?", help="one message, answered once (quote it); "
+                                                 "without it, a prompt loop")
+    chat.add_argument("--session", help="continue a session (its id is printed after a reply)")
     chat.add_argument("--token", help="patient portal token (clinic)")
-    chat.set_defaults(handler=_cmd_chat)
+    chat.set_defaults(handler=_cmd_chat, take_rest=_message_after_options)
     tok = sub.add_parser("portal-token", parents=[common],
                          help="mint a patient portal token with the box's portal key")
-    tok.add_argument("patient_ref")
+    tok.add_argument("patient_ref", help="the patient's reference in the clinic's records")
     tok.add_argument("--ttl", default="15m", help="lifetime (default 15m)")
     tok.add_argument("--config")
     tok.add_argument("--state-dir", help="the daemon's state folder (its keys are there)")
     tok.add_argument("--key", help="key file (default: <keys>/portal.key)")
     tok.set_defaults(handler=_cmd_token)
+
+
+def _message_after_options(args: argparse.Namespace, rest: list[str]) -> bool:
+    """``edged chat kiosk --session S "hi"``: the message after the options; unquoted
+    words are one message."""
+    if any(word.startswith("-") for word in rest):
+        return False
+    args.message = " ".join([*([args.message] if args.message is not None else []), *rest])
+    return True
 
 
 def _render(data: dict[str, Any]) -> str:

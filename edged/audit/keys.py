@@ -89,8 +89,10 @@ def _read_audit_key(path: Path) -> bytes:
 
 
 def _missing(folder: Path, name: str) -> ConfigError:
-    return ConfigError(f"{folder / name}: no such key file; create the keys with "
-                       "`edged keys init` (daemon.keys_dir names the folder)", code="no_keys")
+    return ConfigError(f"{folder / name}: no such key file. If the daemon runs with another "
+                       "state folder or config, pass the same --state-dir or --config; on a "
+                       "box that has never run it, create the keys with `edged keys init` "
+                       "(daemon.keys_dir names the folder)", code="no_keys")
 
 
 def load_keys(folder: Path, *, need_device: bool = True) -> AuditKeys:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -194,6 +195,11 @@ def test_cli_chat(agents_daemon: RunningDaemon) -> None:
               socket_path=agents_daemon.socket)
     assert out.returncode == 0, out.stderr
     assert "Pixel 9" in out.stdout
+    session = re.search(r"--session (\S+)\)", out.stdout)
+    assert session is not None
+    more = cli("chat", "kiosk", "--session", session.group(1), "and in black?",
+               socket_path=agents_daemon.socket)
+    assert more.returncode == 0 and "Obsidian" in more.stdout
     loop = cli("chat", "kiosk", socket_path=agents_daemon.socket,
                input="Do you have the Pixel 9 in stock?\nand in black?\n")
     assert loop.returncode == 0 and "Obsidian" in loop.stdout.split("kiosk>")[-1]
