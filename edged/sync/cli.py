@@ -73,6 +73,8 @@ def _next(s: dict[str, Any], now: float) -> str:
 
 
 def render_now(r: dict[str, Any]) -> str:
-    sent = ", ".join(f"{n} {k}" for k, n in r.get("sent", {}).items()) or "nothing"
     left = sum(r.get("queued", {}).values())
+    if r.get("status") == "no_endpoint":
+        return f"no sync endpoint (sync.endpoint is not set); {left} queued offline"
+    sent = ", ".join(f"{n} {k}" for k, n in r.get("sent", {}).items()) or "nothing"
     return f"sent {sent}; {left} still queued"

@@ -20,7 +20,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram
 
 from edged.audit.sink import AuditSink
-from edged.errors import Unavailable
 from edged.sync.cloud import Cloud, SyncFailed
 from edged.sync.config import SyncConfig
 from edged.sync.contract import ORDER, BadAck, acknowledged, encode_batch
@@ -132,16 +131,20 @@ class Uploader:
             pass
 
     async def sync_now(self) -> dict[str, Any]:
-        """Try at once (``edged sync now``, POST /admin/sync); report what was sent."""
+        """Try at once (``edged sync now``, POST /admin/sync); report what was sent. With no
+        endpoint there is nothing to try: ``"status": "no_endpoint"``, as a config pull says,
+        and what waits in the outbox."""
         if self._cloud is None:
-            raise Unavailable("sync.endpoint is not set: there is no cloud to send to",
-                              code="sync_disabled")
+            usage = await self._outbox.refresh()
+            return {"status": "no_endpoint", "sent": {}, "error": None,
+                    "queued": dict(usage.rows)}
         result = await self.drain()
         await self._record(result)
         usage = await self._outbox.refresh()
         if result.error is None:
             self._outbox.pending.set()  # failures is 0 now: the loop wakes and re-plans
-        return {"sent": result.sent, "error": result.error, "queued": dict(usage.rows)}
+        return {"status": "sent" if result.error is None else "failed", "sent": result.sent,
+                "error": result.error, "queued": dict(usage.rows)}
 
     async def drain(self) -> Drain:
         """Send every queued row, class by class in ``ORDER``, oldest first; stop at the

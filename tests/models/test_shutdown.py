@@ -45,3 +45,41 @@ def test_a_stream_cut_by_shutdown_ends_with_an_error_and_done(bundled_model_path
                        for e in events[:-2])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_while_draining_new_requests_get_503_and_the_stream_in_flight_finishes(
+        bundled_model_path: Path) -> None:
+    tmp = short_tmpdir()
+    state = tmp / "st"
+    config = deep_merge(base_config(state), {
+        "daemon": {"grace_period": "120s"},
+        "models": {"cache_dir": str(MODEL_CACHE), "g": bundled_alias()}})
+    body = {"model": "g", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 40, "temperature": 0,
+            "stream": True}
+    try:
+        with running(config, state) as d, httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(d.socket)), timeout=120) as http:
+            events: list[str] = []
+            refused = None
+            with http.stream("POST", "http://edged/v1/completions", json=body) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line.removeprefix("data: "))
+                    if len(events) == 3:
+                        d.proc.send_signal(signal.SIGTERM)
+                        # Asked again until the daemon has seen the signal: the socket must
+                        # stay and answer 503 while the stream runs, never vanish.
+                        with httpx.Client(transport=httpx.HTTPTransport(
+                                uds=str(d.socket))) as other:
+                            for _ in range(10_000):
+                                refused = other.get("http://edged/health")
+                                if refused.status_code != 200:
+                                    break
+            assert refused is not None and refused.status_code == 503
+            assert refused.json()["error"]["code"] == "draining"
+            assert events[-1] == "[DONE]"
+            assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+            assert d.proc.wait(60) == 0
+            assert not d.socket.exists()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -80,11 +80,14 @@ def test_status_now_and_rollups(edged: Callable[..., RunningDaemon], state_dir: 
         assert 'edged_sync_delivery_lag_seconds_count{kind="ticket"} 12.0' in metrics
 
 
-def test_sync_now_without_an_endpoint_is_a_clear_error(
+def test_sync_now_without_an_endpoint_says_so_as_a_config_pull_does(
         edged: Callable[..., RunningDaemon]) -> None:
     d = edged()
+    body = d.client.post("/admin/sync")
+    assert body["status"] == "no_endpoint" and body["sent"] == {} and body["error"] is None
+    assert d.client.post("/admin/config/pull")["status"] == "no_endpoint"
     r = cli("sync", "now", socket_path=d.socket)
-    assert r.returncode == 1 and "sync.endpoint is not set" in r.stderr
+    assert r.returncode == 0 and "sync.endpoint is not set" in r.stdout
     assert "not set (queueing only)" in cli("sync", "status", socket_path=d.socket).stdout
 
 
