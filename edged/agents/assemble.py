@@ -61,13 +61,16 @@ async def build_agents(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
                              tickets=tickets, sealer=sealer, keys_dir=keys_dir,
                              data_dir=cfg.data_dir, clock=dt.datetime.now)
             toolsets.append(await kits[kit_name].build(ctx))
-        agents[name] = await asyncio.to_thread(_agent, spec, toolsets)
+        defaults = [f for k in spec.kits if (f := kits[k].examples_file) is not None]
+        agents[name] = await asyncio.to_thread(_agent, spec, toolsets, defaults)
     return agents
 
 
-def _agent(spec: AgentSpec, toolsets: list[Toolset]) -> Agent:
+def _agent(spec: AgentSpec, toolsets: list[Toolset], defaults: list[Path]) -> Agent:
+    """``defaults``: the kits' own routing examples, used when the agent names none."""
     allowed = {t.name: (t, ts) for ts in toolsets for t in ts.tools() if t.name in spec.tools}
-    intents = load_intents(spec.examples_file) if spec.examples_file else []
+    files = [spec.examples_file] if spec.examples_file else defaults
+    intents = [i for f in files for i in load_intents(f)]
     intents = [i for i in intents if i.name in allowed or i.reply] or _from_keywords(allowed)
 
     def mask(text: str) -> str:
