@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from edged.models.config import ModelsConfig, parse_models
 from edged.remote.config import RemoteConfig, parse_remote
 from edged.sync.config import SyncConfig, parse_sync
 from edged.tomlreader import Table
+from edged.tools.config import ToolsConfig, parse_tools
 
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -57,6 +58,8 @@ class Config:
     audit: AuditConfig
     sync: SyncConfig
     remote: RemoteConfig
+    # [mcp.*] servers and [tools.*] HTTP tools
+    tools: ToolsConfig = field(default_factory=lambda: ToolsConfig({}, {}))
 
 
 @dataclass(frozen=True)
@@ -130,15 +133,17 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None,
     base_dir = source.parent if source else Path.cwd()
     root = Table(data, "", base_dir)
     daemon = _parse_daemon(root.table("daemon"), overrides or Overrides())
+    tools = parse_tools(root.table("mcp"), root.table("tools"))
     cfg = Config(
         source=source,
         daemon=daemon,
         logging=_parse_logging(root.table("logging")),
         models=parse_models(root, daemon.state_dir),
-        agents=parse_agents(root.table("agents"), discover_kits()),
+        agents=parse_agents(root.table("agents"), discover_kits(), tools.knows),
         audit=parse_audit(root.table("audit")),
         sync=parse_sync(root.table("sync")),
         remote=parse_remote(root.table("remote")),
+        tools=tools,
     )
     root.done()
     _check_cross_references(cfg)

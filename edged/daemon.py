@@ -48,6 +48,7 @@ from edged.store import Schema, Store
 from edged.sync import outbox as sync_outbox
 from edged.sync.queue import OutboxQueue
 from edged.sync.service import SyncService
+from edged.tools.external import ExternalTools
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +106,24 @@ class Daemon:
         wiring.health["store"] = store.health  # a corrupt database moved aside (edged/salvage.py)
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
         models = await self._build_models(wiring, audit)
+        # -- tools (edged/tools): MCP tool servers and HTTP tools, for the agents
+        tools = await stack.enter_async_context(ExternalTools(cfg.tools))
+        wiring.background.append(("tools", tools.run))
+        wiring.health["tools"] = tools.health
+        wiring.status.append(tools.status_line)
+        wiring.before_ready.append(tools.listed)
         # -- agents (edged/agents): the agent runtime and its API routes
         agents = await build_agent_runtime(
             cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=models, audit=audit,
-            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(models))
+            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(models),
+            extra=tools)
         wiring.routes.append(AgentRoutes(agents))
         wiring.health["agents"] = agents.health
         wiring.background.append(("agents", agents.run))
         wiring.before_ready.append(agents.warmed.wait)
         wiring.reloadable.append(ReloadTarget("agents", ("agents",), AgentsReloader(
-            agents, cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, outbox=outbox)))
+            agents, cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, outbox=outbox,
+            extra=tools)))
         # -- remote (edged/remote): config bundles, pull, apply and roll back
         remote = RemoteComponent(cfg, store, targets=wiring.reloadable, health=wiring.health,
                                  audit=audit, outbox=outbox, inference=models)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -28,16 +29,24 @@ from edged.sync.queue import OutboxQueue
 
 log = logging.getLogger(__name__)
 
+class ExtraTools(Protocol):
+    """Tools from outside the kits (edged/tools: MCP servers, HTTP tools)."""
+
+    def handles(self, name: str) -> bool: ...
+
+    def toolset(self, names: Sequence[str]) -> Toolset: ...
+
+
 async def build_runtime(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
                         models: Inference | None, audit: AuditSink, outbox: OutboxQueue,
-                        registry: CollectorRegistry,
-                        encoder: Encoder | None = None) -> AgentRuntime:
+                        registry: CollectorRegistry, encoder: Encoder | None = None,
+                        extra: ExtraTools | None = None) -> AgentRuntime:
     """``encoder``: the sentence encoder with its vector cache (the daemon's); by default
     ``cfg.encoder`` with no disk cache."""
     encoder = encoder or Encoder(models, cfg.encoder, cfg.encoder or "", None)
     sealer = await load_sealer(cfg, keys_dir)
     agents = await build_agents(cfg, keys_dir=keys_dir, store=store, outbox=outbox,
-                                sealer=sealer)
+                                sealer=sealer, extra=extra)
     return AgentRuntime(agents, SessionStore(store, sealer, cfg.session_ttl), models, audit,
                         AgentMetrics(registry), encoder)
 
@@ -49,7 +58,8 @@ async def load_sealer(cfg: AgentsConfig, keys_dir: Path) -> Sealer:
 
 async def build_agents(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
                        outbox: OutboxQueue, sealer: Sealer,
-                       kits: Mapping[str, Kit] | None = None) -> dict[str, Agent]:
+                       kits: Mapping[str, Kit] | None = None,
+                       extra: ExtraTools | None = None) -> dict[str, Agent]:
     """Every configured agent, built whole; also used by a reload before it swaps them in."""
     kits = discover() if kits is None else kits
     tickets = Tickets(store, outbox)
@@ -61,6 +71,10 @@ async def build_agents(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
                              tickets=tickets, sealer=sealer, keys_dir=keys_dir,
                              data_dir=cfg.data_dir, clock=dt.datetime.now)
             toolsets.append(await kits[kit_name].build(ctx))
+        kit_tools = {n for k in spec.kits for n in kits[k].tool_names}
+        outside = [n for n in spec.tools if n not in kit_tools]
+        if outside and extra is not None:
+            toolsets.append(extra.toolset([n for n in outside if extra.handles(n)]))
         defaults = [f for k in spec.kits if (f := kits[k].examples_file) is not None]
         agents[name] = await asyncio.to_thread(_agent, spec, toolsets, defaults)
     return agents

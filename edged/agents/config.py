@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -45,13 +45,15 @@ class AgentsConfig:
     session_key: Path | None  # AES-256 key of PHI sessions (default <keys>/sessions.key)
 
 
-def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions]) -> AgentSpec:
+def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
+                 external: Callable[[str], bool]) -> AgentSpec:
     tools = t.str_list("tools", ())
     known = {n for kit in kits.values() for n in kit.tool_names}
-    unknown = sorted(set(tools) - known)
+    unknown = sorted(n for n in set(tools) - known if not external(n))
     if unknown:
-        raise ConfigError(f"{t.key('tools')}: unknown tool {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(known))})")
+        raise ConfigError(f"{t.key('tools')}: unknown tool {unknown[0]!r} (known: "
+                          f"{', '.join(sorted(known))}, and <server>.<tool> of an [mcp.*] "
+                          "server or the name of a [tools.*] HTTP tool)")
     used = tuple(k for k, kit in kits.items() if kit.tool_names & set(tools))
     spec = AgentSpec(
         name=name,
@@ -98,7 +100,9 @@ class KitOptions(Protocol):
     def parse_options(self, t: Table) -> Any: ...
 
 
-def parse_agents(t: Table, kits: Mapping[str, KitOptions]) -> AgentsConfig:
+def parse_agents(t: Table, kits: Mapping[str, KitOptions],
+                 external: Callable[[str], bool] = lambda _name: False) -> AgentsConfig:
+    """``external``: is a tool name one of the configured MCP or HTTP tools?"""
     data_dir = t.path("data_dir", None)
     # Checked here, before the daemon creates any state: a copied config whose relative
     # paths no longer reach the seed data must fail before a database or keys appear.
@@ -111,7 +115,7 @@ def parse_agents(t: Table, kits: Mapping[str, KitOptions]) -> AgentsConfig:
     for name in list(t.keys()):
         if name in _TOP_KEYS:
             continue
-        agents[name] = _parse_agent(name, t.table(name), kits)
+        agents[name] = _parse_agent(name, t.table(name), kits, external)
     t.done()
     return AgentsConfig(agents=agents, encoder=encoder, data_dir=data_dir, session_ttl=ttl,
                         session_key=session_key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edged.agents.assemble import build_agents, load_sealer
+from edged.agents.assemble import ExtraTools, build_agents, load_sealer
 from edged.agents.config import AgentsConfig
 from edged.agents.runtime import AgentRuntime
 from edged.config import Config
@@ -21,12 +21,13 @@ from edged.sync.queue import OutboxQueue
 
 class AgentsReloader:
     def __init__(self, runtime: AgentRuntime, cfg: AgentsConfig, *, keys_dir: Path,
-                 store: Store, outbox: OutboxQueue) -> None:
+                 store: Store, outbox: OutboxQueue, extra: ExtraTools | None = None) -> None:
         self._runtime = runtime
         self._cfg = cfg
         self._keys_dir = keys_dir
         self._store = store
         self._outbox = outbox
+        self._extra = extra
 
     async def reload(self, config: Config) -> None:
         cfg = config.agents
@@ -36,7 +37,8 @@ class AgentsReloader:
                                   "it needs a restart", code="restart_required")
         agents = await build_agents(cfg, keys_dir=self._keys_dir, store=self._store,
                                     outbox=self._outbox,
-                                    sealer=await load_sealer(cfg, self._keys_dir))
+                                    sealer=await load_sealer(cfg, self._keys_dir),
+                                    extra=self._extra)
         self._runtime.agents = agents
         self._cfg = cfg
         await self._runtime.warm()
