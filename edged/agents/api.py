@@ -1,4 +1,5 @@
-"""GET /v1/agents and POST /v1/agents/{name}/chat (JSON, or SSE with ``"stream": true``)."""
+"""GET /v1/agents and POST /v1/agents/{name}/chat (JSON, or SSE with ``"stream": true``);
+GET /admin/approvals and POST /admin/approvals/{id} for staff approval."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
+from edged.agents.approvals import STATES, Approvals
 from edged.agents.runtime import AgentRuntime, describe
 from edged.api.body import json_fields
 from edged.api.keys import PEER
-from edged.errors import BadRequest, EdgedError
+from edged.api.peer import Peer, Role
+from edged.errors import BadRequest, EdgedError, Forbidden, Unavailable
 
 
 class AgentRoutes:
@@ -20,6 +23,44 @@ class AgentRoutes:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/agents", self.list_agents)
         app.router.add_post("/v1/agents/{name}/chat", self.chat)
+        app.router.add_get("/admin/approvals", self.list_approvals)
+        app.router.add_post("/admin/approvals/{id}", self.decide)
+
+    def _may_decide(self, peer: Peer) -> set[str] | None:
+        """The agents this peer approves for; None for an admin (any). Approvers reach these
+        /admin routes with the client role (edged/api/app.py)."""
+        if peer.role >= Role.ADMIN:
+            return None
+        mine = {name for name, a in self._runtime.agents.items()
+                if set(a.spec.approver_groups) & peer.groups}
+        if not mine:
+            raise Forbidden("approvals need the admin role or an agent's approver_groups; "
+                            f"uid {peer.uid} has neither")
+        return mine
+
+    async def list_approvals(self, request: web.Request) -> web.Response:
+        may = self._may_decide(request[PEER])
+        state = request.query.get("state")
+        if state is not None and state not in STATES:
+            raise BadRequest(f"state: expected one of {', '.join(STATES)}")
+        approvals = self._approvals()
+        items = [r.view() for r in await approvals.list(state)
+                 if may is None or r.agent in may]
+        return web.json_response({"object": "list", "data": items})
+
+    async def decide(self, request: web.Request) -> web.Response:
+        may = self._may_decide(request[PEER])
+        body = await json_fields(request)
+        approve = body.bool("approve")
+        body.done()
+        req = await self._approvals().decide(request.match_info["id"], approve,
+                                             request[PEER].uid, may)
+        return web.json_response(req.view())
+
+    def _approvals(self) -> Approvals:
+        if self._runtime.approvals is None:
+            raise Unavailable("approvals are not available", code="no_approvals")
+        return self._runtime.approvals
 
     async def list_agents(self, request: web.Request) -> web.Response:
         agents = self._runtime.visible(request[PEER])

@@ -13,6 +13,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from edged.agents import portal
+from edged.agents.approvals import Approvals
 from edged.agents.config import AgentsConfig, AgentSpec
 from edged.agents.encoder import Encoder
 from edged.agents.kit import Kit, KitContext, Toolset, discover
@@ -47,8 +48,10 @@ async def build_runtime(cfg: AgentsConfig, *, keys_dir: Path, store: Store,
     sealer = await load_sealer(cfg, keys_dir)
     agents = await build_agents(cfg, keys_dir=keys_dir, store=store, outbox=outbox,
                                 sealer=sealer, extra=extra)
+    approvals = Approvals(store, sealer, audit)
+    await approvals.expire_leftovers()
     return AgentRuntime(agents, SessionStore(store, sealer, cfg.session_ttl), models, audit,
-                        AgentMetrics(registry), encoder)
+                        AgentMetrics(registry), encoder, approvals)
 
 
 async def load_sealer(cfg: AgentsConfig, keys_dir: Path) -> Sealer:

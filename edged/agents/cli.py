@@ -1,4 +1,5 @@
-"""``edged chat AGENT [MESSAGE]`` and ``edged portal-token PATIENT_REF``."""
+"""``edged chat AGENT [MESSAGE]``, ``edged approvals``, ``edged approve ID`` and
+``edged portal-token PATIENT_REF``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     chat.add_argument("--session", help="continue a session (its id is printed after a reply)")
     chat.add_argument("--token", help="patient portal token (clinic)")
     chat.set_defaults(handler=_cmd_chat, take_rest=_message_after_options)
+    approvals = sub.add_parser("approvals", parents=[common],
+                               help="tool calls waiting for staff approval")
+    approvals.add_argument("--all", action="store_true", help="decided ones too")
+    approvals.set_defaults(handler=_cmd_approvals)
+    approve = sub.add_parser("approve", parents=[common],
+                             help="approve (or --deny) a waiting tool call")
+    approve.add_argument("id", help="the request's id (A-...), from `edged approvals`")
+    approve.add_argument("--deny", action="store_true", help="decline it instead")
+    approve.set_defaults(handler=_cmd_approve)
     tok = sub.add_parser("portal-token", parents=[common],
                          help="mint a patient portal token with the box's portal key")
     tok.add_argument("patient_ref", help="the patient's reference in the clinic's records")
@@ -87,6 +97,28 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         session = data["session_id"]
         emit(args, data, lambda d: f"{args.agent}> {_render(d)}")
         sys.stdout.flush()
+
+
+def _render_approvals(data: dict[str, Any]) -> str:
+    rows = [f"{r['id']}  {r['state']:<8} {r['agent']}: {r['tool']}({_args(r['arguments'])})"
+            for r in data["data"]]
+    return "\n".join(rows) or "no tool call is waiting for approval"
+
+
+def _cmd_approvals(args: argparse.Namespace) -> int:
+    from edged.cli import client_for, emit
+
+    path = "/admin/approvals" if args.all else "/admin/approvals?state=pending"
+    emit(args, client_for(args).get(path), _render_approvals)
+    return 0
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    from edged.cli import client_for, emit
+
+    result = client_for(args).post(f"/admin/approvals/{args.id}", {"approve": not args.deny})
+    emit(args, result, lambda r: f"{r['id']}: {r['state']} ({r['agent']}: {r['tool']})")
+    return 0
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

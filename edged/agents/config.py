@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -34,6 +34,10 @@ class AgentSpec:
     kits: tuple[str, ...]  # the kits whose tools this agent uses
     options: Mapping[str, Any]  # kit name -> that kit's parsed options for this agent
     portal_key: Path | None  # HMAC key of signed portal tokens (default <keys>/portal.key)
+    # tool -> "staff": the call waits for a person's decision
+    approval: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    approver_groups: tuple[str, ...] = ()  # who may decide (besides admins)
+    approval_timeout: float = 300.0  # a request not decided by then is refused
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,26 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
         portal_key=t.path("portal_key", None),
         kits=used,
         options=MappingProxyType({k: kits[k].parse_options(t) for k in used}),
+        approval=MappingProxyType(_approval(t, tools)),
+        approver_groups=t.str_list("approver_groups", ()),
+        approval_timeout=t.duration("approval_timeout", 300.0),
     )
     t.done()
     if spec.examples_file is not None and not spec.examples_file.is_file():
         raise ConfigError(f"{t.key('examples_file')}: {spec.examples_file} is not a file")
     return spec
+
+
+def _approval(t: Table, tools: tuple[str, ...]) -> dict[str, str]:
+    raw = t.raw("approval", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{t.key('approval')}: expected a table of tool = \"staff\"")
+    for name, who in raw.items():
+        if name not in tools:
+            raise ConfigError(f"{t.key('approval')}.{name}: not one of this agent's tools")
+        if who != "staff":
+            raise ConfigError(f"{t.key('approval')}.{name}: expected \"staff\", got {who!r}")
+    return dict(raw)
 
 
 _TOP_KEYS = ("data_dir", "session_ttl", "session_key", "encoder")

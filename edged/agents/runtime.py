@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import Any
 
 from edged.agents import portal
+from edged.agents.approvals import Approvals
 from edged.agents.config import AgentSpec
 from edged.agents.encoder import Encoder, Matrix, clauses
 from edged.agents.kit import (
@@ -110,8 +111,9 @@ class Turn:
 class AgentRuntime:
     def __init__(self, agents: dict[str, Agent], sessions: SessionStore,
                  models: Inference | None, audit: AuditSink, metrics: AgentMetrics,
-                 encoder: Encoder) -> None:
+                 encoder: Encoder, approvals: Approvals | None = None) -> None:
         self.agents = agents
+        self.approvals = approvals
         self._sessions = sessions
         self._models = models
         self._encoder = encoder
@@ -434,7 +436,8 @@ class AgentRuntime:
         step: tuple[str, JSON] | None = (name, args)
         while step is not None and len(actions) < agent.spec.max_steps:
             tool_name, tool_args = step
-            result = await self.run_tool(agent, ctx, tool_name, tool_args)
+            refused = await self._approved(agent, ctx, tool_name, tool_args, events)
+            result = refused or await self.run_tool(agent, ctx, tool_name, tool_args)
             action = {"tool": tool_name, "arguments": tool_args, "result": result}
             actions.append(action)
             if events is not None:
@@ -444,6 +447,28 @@ class AgentRuntime:
                 state["last_tool"] = tool_name
             step = _next_step(agent, tool_name, tool_args, result)
         return actions
+
+    async def _approved(self, agent: Agent, ctx: ToolContext, name: str, args: JSON,
+                        events: EventSink | None) -> JSON | None:
+        """For a tool marked ``approval = "staff"``: wait for a person's decision. None when
+        it may run; otherwise the result that says why not."""
+        if name not in agent.spec.approval or self.approvals is None:
+            return None
+        req = await self.approvals.ask(agent.spec.name, name, args, ctx.session_id, ctx.uid,
+                                       agent.spec.approval_timeout, agent.spec.phi)
+        if events is not None:
+            await events({"type": "approval", "id": req.id, "tool": name, "state": "waiting",
+                          "text": f"I've asked a member of staff to approve this ({req.id});"
+                                  " one moment, please."})
+        decision = await self.approvals.wait(req)
+        if events is not None:
+            await events({"type": "approval", "id": req.id, "tool": name, "state": decision})
+        if decision == "approved":
+            return None
+        why = {"denied": "A member of staff declined this request.",
+               "expired": "No one from staff could approve this in time; please ask at the "
+                          "desk."}[decision]
+        return {"error": f"approval_{decision}", "approval": req.id, "summary": why}
 
     async def run_tool(self, agent: Agent, ctx: ToolContext, name: str, args: JSON) -> JSON:
         """Run one tool for an agent: allowlist, schema, timeout, audit. Never raises for a

@@ -61,4 +61,21 @@ SCHEMA = Schema("agents", (
         UNIQUE (provider_id, start)
     )
     """,
+    """
+    CREATE TABLE agent_approvals (
+        id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        session TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        state TEXT NOT NULL,
+        decided_by INTEGER,
+        decided REAL,
+        encrypted INTEGER NOT NULL,
+        arguments BLOB NOT NULL
+    );
+    CREATE INDEX agent_approvals_state ON agent_approvals (state)
+    """,
 ))
