@@ -156,6 +156,8 @@ def _check_cross_references(cfg: Config) -> None:
         raise ConfigError(f"agents.encoder: {encoder!r} is not a model alias "
                           f"(known: {', '.join(sorted(cfg.models.catalog)) or 'none'})")
     for name, agent in cfg.agents.agents.items():
+        if agent.kind == "front" and not agent.model:
+            continue  # a front desk only routes: its members' models answer
         if agent.model not in cfg.models.catalog:
             raise ConfigError(f"agents.{name}.model: {agent.model!r} is not a model alias "
                               f"(known: {', '.join(sorted(cfg.models.catalog)) or 'none'})")

@@ -38,6 +38,8 @@ class AgentSpec:
     approval: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     approver_groups: tuple[str, ...] = ()  # who may decide (besides admins)
     approval_timeout: float = 300.0  # a request not decided by then is refused
+    kind: str = "agent"  # agent | front (a front desk that hands each turn to a member)
+    members: tuple[str, ...] = ()  # a front desk's agents
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,11 @@ class AgentsConfig:
 
 def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
                  external: Callable[[str], bool]) -> AgentSpec:
+    kind = t.choice("kind", ("agent", "front"), "agent")
     tools = t.str_list("tools", ())
+    if kind == "front" and tools:
+        raise ConfigError(f"{t.key('tools')}: a front desk has no tools of its own; its "
+                          "members' tools are used through them")
     known = {n for kit in kits.values() for n in kit.tool_names}
     unknown = sorted(n for n in set(tools) - known if not external(n))
     if unknown:
@@ -63,7 +69,7 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
         name=name,
         description=t.str("description", ""),
         instructions=t.str("instructions", ""),
-        model=t.str("model"),
+        model=t.str("model", "") if kind == "front" else t.str("model"),
         tools=tools,
         allowed_groups=t.str_list("allowed_groups", ()),
         max_steps=t.int("max_steps", 4, min=1, max=32),
@@ -83,7 +89,11 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
         approval=MappingProxyType(_approval(t, tools)),
         approver_groups=t.str_list("approver_groups", ()),
         approval_timeout=t.duration("approval_timeout", 300.0),
+        kind=kind,
+        members=t.str_list("members", ()) if kind == "front" else (),
     )
+    if kind == "front" and not spec.members:
+        raise ConfigError(f"{t.key('members')}: a front desk needs its member agents")
     t.done()
     if spec.examples_file is not None and not spec.examples_file.is_file():
         raise ConfigError(f"{t.key('examples_file')}: {spec.examples_file} is not a file")
@@ -136,5 +146,10 @@ def parse_agents(t: Table, kits: Mapping[str, KitOptions],
             continue
         agents[name] = _parse_agent(name, t.table(name), kits, external)
     t.done()
+    for name, spec in agents.items():
+        for member in spec.members:
+            if agents.get(member) is None or agents[member].kind == "front":
+                raise ConfigError(f"agents.{name}.members: {member!r} is not an agent of this "
+                                  "config (a front desk's members are ordinary agents)")
     return AgentsConfig(agents=agents, encoder=encoder, data_dir=data_dir, session_ttl=ttl,
                         session_key=session_key)

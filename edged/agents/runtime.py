@@ -62,6 +62,7 @@ _PERSON = re.compile(r"\b(?:staff|human|person|employee|manager|representative|"
 FOLLOWUP_STARTS = ("and ", "what about", "how about", "or ", "also ", "in ", "same ", "the ")
 
 EventSink = Callable[[JSON], Awaitable[None]]
+FRONT_STAY = 0.05  # how much better another member must fit to take over a conversation
 
 
 @dataclass
@@ -163,6 +164,8 @@ class AgentRuntime:
         text = message.strip()
         if not text or len(text) > MAX_MESSAGE:
             raise BadRequest(f"message: must be 1 to {MAX_MESSAGE} characters")
+        if agent.spec.kind == "front":
+            return await self._front(agent, peer, text, session_id, token, events)
         if session_id is None:
             return await self._chat(agent, peer, text, self._sessions.create(name, peer.uid),
                                     token, events)
@@ -170,6 +173,88 @@ class AgentRuntime:
             # Loaded under the lock: two messages on one session never share a state.
             session = await self._sessions.load(session_id, name, peer.uid)
             return await self._chat(agent, peer, text, session, token, events)
+
+    async def _front(self, front: Agent, peer: Peer, text: str, session_id: str | None,
+                     token: str | None, events: EventSink | None) -> Turn:
+        """A front desk: each turn goes to the member it is meant for, with that member's
+        allowlist, groups and PHI rules; a change of member is a ``handoff`` action, and the
+        member starts with the conversation so far."""
+        members = [self.agents[m] for m in front.spec.members
+                   if m in self.agents and self.agents[m].may_use(peer)]
+        if not members:
+            raise Forbidden(f"none of the agents behind {front.spec.name!r} is open to you")
+        sealed = any(m.spec.phi for m in members)  # its history may hold a member's PHI
+        if session_id is None:
+            return await self._front_turn(front, members, peer, text, token, events,
+                                          self._sessions.create(front.spec.name, peer.uid),
+                                          sealed)
+        async with self._one_turn_at_a_time(session_id):
+            session = await self._sessions.load(session_id, front.spec.name, peer.uid)
+            return await self._front_turn(front, members, peer, text, token, events, session,
+                                          sealed)
+
+    async def _front_turn(self, front: Agent, members: list[Agent], peer: Peer, text: str,
+                          token: str | None, events: EventSink | None, session: Session,
+                          sealed: bool) -> Turn:
+        state = session.state
+        ids: dict[str, str] = state.setdefault("members", {})
+        inners = {m.spec.name: await self._inner(m, ids, peer, state) for m in members
+                  if m.spec.name == state.get("member")}
+        waiting = any(bool(i.state.get("pending")) for i in inners.values())
+        member = await self._member_for(members, state, text, waiting)
+        name = member.spec.name
+        actions: list[JSON] = []
+        if name != state.get("member"):
+            action = {"tool": "handoff", "arguments": {"to": name},
+                      "result": {"summary": f"Handed to {name}."}}
+            actions.append(action)
+            await self._audit.append("agent.handoff", f"agent:{front.spec.name}", {
+                "session": session.id, "uid": peer.uid, "to": name,
+                "from": state.get("member")})
+            if events is not None:
+                await events({"type": "action", **action})
+        inner = inners.get(name) or await self._inner(member, ids, peer, state)
+        async with self._one_turn_at_a_time(inner.id):
+            turn = await self._chat(member, peer, text, inner, token, events)
+        ids[name] = inner.id
+        state["member"] = name
+        self._remember_exchange(session, text, turn.reply)
+        await self._sessions.save(session, encrypt=sealed)
+        return Turn(session.id, turn.reply, actions + turn.actions, turn.intent,
+                    turn.route_ms, turn.pending, turn.reply_by)
+
+    async def _inner(self, member: Agent, ids: dict[str, str], peer: Peer,
+                     state: JSON) -> Session:
+        """A member's own session behind a front desk; a new one starts with the
+        conversation so far."""
+        if member.spec.name in ids:
+            with contextlib.suppress(NotFound):  # expired: start again
+                return await self._sessions.load(ids[member.spec.name], member.spec.name,
+                                                 peer.uid)
+        inner = self._sessions.create(member.spec.name, peer.uid)
+        inner.state["history"] = list(state.get("history", []))
+        return inner
+
+    async def _member_for(self, members: list[Agent], state: JSON, text: str,
+                          waiting: bool) -> Agent:
+        """The member whose examples the text is nearest (a member's safety override wins
+        outright); the current member keeps a conversation that is waiting on it (a
+        question it asked) or that no other member fits clearly better."""
+        current = next((m for m in members if m.spec.name == state.get("member")), None)
+        best, best_score = current, -1.0
+        for member in members:
+            await self._warm(member)
+            vectors = await self._vectors(member, [text])
+            if _override(member, text, _meaning(member, vectors)) is not None:
+                return member
+            route = member.router.route(text, None if vectors is None else vectors[0])
+            score = route.nearest if route.nearest is not None else route.score
+            if member is current:
+                score += 1.0 if waiting else FRONT_STAY
+            if score > best_score:
+                best, best_score = member, score
+        assert best is not None
+        return best
 
     @contextlib.asynccontextmanager
     async def _one_turn_at_a_time(self, session_id: str) -> AsyncIterator[None]:
@@ -683,6 +768,9 @@ def _clarify(agent: Agent) -> str:
 
 
 def describe(agent: Agent) -> dict[str, Any]:
-    return {"name": agent.spec.name, "description": agent.spec.description,
-            "model": agent.spec.model, "tools": list(agent.tools),
-            "phi": agent.spec.phi, "routing": agent.embed_state}
+    out = {"name": agent.spec.name, "description": agent.spec.description,
+           "model": agent.spec.model, "tools": list(agent.tools),
+           "phi": agent.spec.phi, "routing": agent.embed_state, "kind": agent.spec.kind}
+    if agent.spec.members:
+        out["members"] = list(agent.spec.members)
+    return out
