@@ -38,6 +38,7 @@ class AgentSpec:
     approval: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     approver_groups: tuple[str, ...] = ()  # who may decide (besides admins)
     approval_timeout: float = 300.0  # a request not decided by then is refused
+    planner: str = "router"  # router | model (the chat model proposes the tool call)
     kind: str = "agent"  # agent | front (a front desk that hands each turn to a member)
     members: tuple[str, ...] = ()  # a front desk's agents
 
@@ -89,6 +90,7 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
         approval=MappingProxyType(_approval(t, tools)),
         approver_groups=t.str_list("approver_groups", ()),
         approval_timeout=t.duration("approval_timeout", 300.0),
+        planner=t.choice("planner", ("router", "model"), "router"),
         kind=kind,
         members=t.str_list("members", ()) if kind == "front" else (),
     )

@@ -36,10 +36,11 @@ from edged.agents.kit import (
     Toolset,
 )
 from edged.agents.metrics import AgentMetrics
+from edged.agents.planner import ModelPlanner
 from edged.agents.reply import ReplyWriter
 from edged.agents.router import Route, Router
 from edged.agents.sessions import Session, SessionStore
-from edged.agents.slotfill import SlotFiller
+from edged.agents.slotfill import SlotFiller, grounded
 from edged.agents.tickets import NOT_NOTIFIED
 from edged.agents.tools import JSON, Tool, ToolContext, validate
 from edged.api.peer import Peer, Role
@@ -99,11 +100,12 @@ class Turn:
     route_ms: float = 0.0
     pending: JSON | None = None  # the request a clarifying question is completing
     reply_by: str = "template"  # or "model"
+    planned_by: str = "router"  # or "model" (planner = "model" and its call validated)
 
     def body(self) -> JSON:
         out: JSON = {"session_id": self.session_id, "reply": self.reply, "actions": self.actions,
                "intent": self.intent, "route_ms": round(self.route_ms, 1),
-               "reply_by": self.reply_by}
+               "reply_by": self.reply_by, "planned_by": self.planned_by}
         if self.pending is not None:
             out["pending"] = self.pending
         return out
@@ -121,6 +123,7 @@ class AgentRuntime:
         self._audit = audit
         self._metrics = metrics
         self._slots = SlotFiller(models)
+        self._planner = ModelPlanner(models)
         self._writer = ReplyWriter(models)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # session id -> (lock, users)
         self.warmed = asyncio.Event()  # set once the examples are encoded (or cannot be)
@@ -356,6 +359,15 @@ class AgentRuntime:
         t0 = time.perf_counter()
         if only is not None and only in agent.replies:
             return Turn(session.id, agent.replies[only], [], only, 0.0)
+        planned = await self._planned(agent, session, text) if only is None else None
+        if planned is not None:
+            name, args = planned
+            state.pop("pending", None)
+            ctx = ToolContext(agent.spec.name, peer.uid, session.id, token, agent.spec.phi)
+            actions = await self._run_chain(agent, ctx, name, args, state, events)
+            reply, by = await self._writer.write(agent.spec, text, actions)
+            return Turn(session.id, with_required(reply, actions), actions, name,
+                        (time.perf_counter() - t0) * 1000, reply_by=by, planned_by="model")
         if query is None:
             query = await self._query_vector(agent, text)
         route = agent.router.route(text, query)
@@ -388,6 +400,30 @@ class AgentRuntime:
         reply, by = await self._writer.write(agent.spec, text, actions)
         return Turn(session.id, with_required(reply, actions), actions, intent, route_ms,
                     reply_by=by)
+
+    async def _planned(self, agent: Agent, session: Session, text: str
+                       ) -> tuple[str, JSON] | None:
+        """With ``planner = "model"``: the model's call, when it validates (allowlisted,
+        schema, the kit's check) and no question is pending; else None (the router plans)."""
+        if agent.spec.planner != "model" or session.state.get("pending"):
+            return None
+        tools = {name: tool for name, (tool, _) in agent.tools.items()}
+        proposal = await self._planner.propose(agent.spec, tools, session.state.get(
+            "history", []), text)
+        if proposal is None or proposal[0] not in agent.tools:
+            return None
+        name, args = proposal
+        tool, toolset = agent.tools[name]
+        args = _clean(args)
+        if not _valid(tool, args) or not toolset.check(name, args):
+            log.debug("agent %s: model call %s(%s) did not validate; the router plans",
+                      agent.spec.name, name, args)
+            return None
+        if any(k not in args for k in tool.schema.get("required", ())):
+            return None
+        if not all(grounded(k, v, text) for k, v in args.items()):
+            return None  # a value the person never said (a small model invents them)
+        return name, args
 
     async def _ask(self, agent: Agent, tool: Tool, toolset: Toolset, ctx: ToolContext,
                    args: JSON, missing: list[str], text: str, state: JSON,
