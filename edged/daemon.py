@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack, ExitStack
@@ -20,21 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edged.agents import tables as agent_tables
-from edged.agents.api import AgentRoutes
 from edged.agents.assemble import build_runtime as build_agent_runtime
 from edged.agents.encoder import Encoder
+from edged.agents.http import AgentRoutes
 from edged.agents.reload import AgentsReloader
 from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
-from edged.api.system import HealthSource, SystemRoutes
-from edged.audit.api import AuditRoutes, RequestAuditor
+from edged.api.system import SystemRoutes
+from edged.audit.http import AuditRoutes, RequestAuditor
 from edged.audit.log import AuditLog, DisabledAudit, open_audit
 from edged.audit.sink import AuditSink
 from edged.config import Config
 from edged.metrics import Metrics
-from edged.models.api import ModelRoutes
 from edged.models.catalog import Catalog
+from edged.models.http import ModelRoutes
 from edged.models.llama_backend import LlamaBackend
 from edged.models.manager import ModelManager
 from edged.models.memory import budget_bytes, read_memory_facts
@@ -42,15 +43,20 @@ from edged.models.onnx_backend import OnnxBackend
 from edged.models.power import PowerMonitor
 from edged.notify import Notifier
 from edged.remote.component import RemoteComponent
+from edged.remote.http import RemoteRoutes
 from edged.remote.reload import ReloadTarget
+from edged.roles import HealthSource
 from edged.statelock import StateLock
 from edged.store import Schema, Store
 from edged.sync import outbox as sync_outbox
+from edged.sync.http import SyncRoutes
 from edged.sync.queue import OutboxQueue
 from edged.sync.service import SyncService
 from edged.tools.external import ExternalTools
 
 log = logging.getLogger(__name__)
+
+EXIT_FORCED = 70  # EX_SOFTWARE: stopped by a second signal before the drain finished
 
 
 BEFORE_READY_S = 30.0  # under systemd's TimeoutStartSec (90 s) with room for the rest
@@ -100,7 +106,7 @@ class Daemon:
             registry=self.metrics.registry, audit=audit))
         wiring.background.append(("sync", sync.run))
         wiring.health["sync"] = sync.health
-        wiring.routes.append(sync)
+        wiring.routes.append(SyncRoutes(sync))
         wiring.status.append(sync.status_line)
         wiring.reloadable.append(ReloadTarget("sync", ("sync",), sync))
         wiring.health["store"] = store.health  # a corrupt database moved aside (edged/salvage.py)
@@ -129,7 +135,7 @@ class Daemon:
                                  audit=audit, outbox=outbox, inference=models)
         wiring.background.append(("remote", remote.run))
         wiring.health["remote"] = remote.health
-        wiring.routes.append(remote)
+        wiring.routes.append(RemoteRoutes(remote))
         del cfg
         return wiring
 
@@ -173,11 +179,23 @@ class Daemon:
         wiring.on_request = RequestAuditor(audit, cfg.audit)
         return audit
 
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The first SIGTERM/SIGINT drains; a second one while draining exits at once (what
+        was acknowledged is already durable: the database and the audit log are synced
+        before a request is answered)."""
+        if not self.stop.is_set():
+            self.stop.set()
+            return
+        log.warning("%s again while stopping: exiting now, without waiting for the "
+                    "requests in flight", sig.name)
+        logging.shutdown()
+        os._exit(EXIT_FORCED)
+
     async def serve(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         state = ApiState()
         wiring = Wiring()
         with ExitStack() as claims:
@@ -190,6 +208,7 @@ class Daemon:
                     Store(cfg.daemon.state_dir / "edged.db", self.schemas()))
                 wiring = await self._build(stack, store)
                 wiring.routes.insert(0, SystemRoutes(self.metrics, wiring.health))
+                stack.push_async_callback(server.close)  # also when a component crashes
                 server.app = build_app(
                     resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups,
                                           owner_is_admin=cfg.daemon.owner_is_admin),

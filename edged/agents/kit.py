@@ -10,6 +10,7 @@ See docs/agents.md ("Writing a kit").
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -162,8 +163,11 @@ class Kit(Protocol):
     async def build(self, ctx: KitContext) -> Toolset: ...
 
 
+@functools.cache
 def discover() -> dict[str, Kit]:
-    """Every installed kit, by name."""
+    """Every installed kit, by name. Read once per process: scanning every installed
+    package's metadata costs about a hundred file opens, and every config parse (each push,
+    each reload) asks; a kit installed later is found at the next start."""
     kits: dict[str, Kit] = {}
     for ep in entry_points(group=GROUP):
         try:

@@ -43,10 +43,10 @@ from edged.agents.sessions import Session, SessionStore
 from edged.agents.slotfill import SlotFiller, grounded
 from edged.agents.tickets import NOT_NOTIFIED
 from edged.agents.tools import JSON, Tool, ToolContext, validate
-from edged.api.peer import Peer, Role
 from edged.audit.sink import AuditSink
 from edged.errors import BadRequest, EdgedError, Forbidden, NotFound
 from edged.models.contract import Inference
+from edged.roles import Peer, Role
 
 log = logging.getLogger(__name__)
 

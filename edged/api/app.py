@@ -11,9 +11,10 @@ from typing import Protocol
 from aiohttp import web
 
 from edged.api.keys import PEER
-from edged.api.peer import Role, RoleResolver, peer_credentials
+from edged.api.peer import RoleResolver, peer_credentials
 from edged.errors import EdgedError, Forbidden, PayloadTooLarge, QueueFull, Unavailable
 from edged.metrics import Metrics
+from edged.roles import Role
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class RouteProvider(Protocol):
 def required_role(path: str) -> Role:
     """One table of who may call what: /admin is admin, /v1 is client, the rest anyone.
     /admin/approvals is open to clients: an agent's approver_groups decide there too, and
-    the route checks who may (edged/agents/api.py)."""
+    the route checks who may (edged/agents/http.py)."""
     if path.startswith("/admin/approvals"):
         return Role.CLIENT
     if path.startswith("/admin"):

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.api.peer import Peer
+from edged.roles import Peer
 
 PEER = web.RequestKey("edged_peer", Peer)
 # the parsed JSON body, once a handler has read it (edged/api/body.py)

@@ -1,4 +1,5 @@
-"""Roles from the peer's credentials (SO_PEERCRED), never from the request body."""
+"""Roles from the peer's credentials (SO_PEERCRED), never from the request body. The
+``Peer`` and ``Role`` types live in edged/roles.py, where engine layers can use them."""
 
 from __future__ import annotations
 
@@ -9,30 +10,12 @@ import pwd
 import socket
 import struct
 import time
-from dataclasses import dataclass
-from enum import IntEnum
+
+from edged.roles import Peer, Role
 
 # A user added to a group gets the role within this long, without a restart.
 GROUP_CACHE_SECONDS = 10.0
 GROUP_CACHE_SIZE = 1024
-
-
-class Role(IntEnum):
-    NONE = 0
-    CLIENT = 1
-    ADMIN = 2
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[str]
-    role: Role
-
-    def describe(self) -> dict[str, object]:
-        return {"uid": self.uid, "gid": self.gid, "pid": self.pid, "role": self.role.name.lower()}
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

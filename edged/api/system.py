@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -11,8 +11,7 @@ from aiohttp import web
 from edged import __version__
 from edged.api.keys import PEER
 from edged.metrics import Metrics
-
-HealthSource = Callable[[], dict[str, Any]]
+from edged.roles import HealthSource
 
 
 class SystemRoutes:

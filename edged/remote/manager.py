@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edged.api.system import HealthSource
 from edged.config import Config
 from edged.errors import Conflict, EdgedError, PayloadTooLarge
 from edged.models.contract import GenerateParams, Inference
@@ -27,6 +26,7 @@ from edged.remote.bundle import Bundle, FleetKeys, parse_bundle
 from edged.remote.history import History, Outcome
 from edged.remote.reload import ReloadTarget, affected, changed_sections, needs_restart
 from edged.remote.versions import LOCAL, Entry, Pointer, VersionDir, running_version
+from edged.roles import HealthSource
 
 log = logging.getLogger(__name__)
 

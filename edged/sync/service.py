@@ -18,7 +18,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from edged.audit.sink import AuditSink
@@ -230,8 +229,3 @@ class SyncService:
             state = "no endpoint"
         return f"sync {state}, {queued} queued"
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/admin/sync", self._sync_now)
-
-    async def _sync_now(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.uploader.sync_now())

@@ -18,9 +18,9 @@ from edged.agents import tables
 from edged.agents.assemble import build_runtime
 from edged.agents.runtime import AgentRuntime, Turn, with_required
 from edged.agents.tools import ToolContext
-from edged.api.peer import Peer, Role
 from edged.audit.log import DisabledAudit
 from edged.config import parse_config
+from edged.roles import Peer, Role
 from edged.store import Store
 from edged.sync import outbox as sync_outbox
 from tests.agents.conftest import agents_config

@@ -23,9 +23,9 @@ from edged.agents.assemble import build_runtime
 from edged.agents.reply import acceptable
 from edged.agents.runtime import AgentRuntime, Turn
 from edged.agents.tools import JSON, ToolContext
-from edged.api.peer import Peer, Role
 from edged.audit.log import DisabledAudit
 from edged.config import parse_config
+from edged.roles import Peer, Role
 from edged.store import Store
 from edged.sync import outbox as sync_outbox
 from tests.agents.conftest import agents_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from edged.api.app import required_role
-from edged.api.peer import Role
+from edged.roles import Role
 from tests.api.curl import curl
 from tests.api.inprocess import MAX_BODY, Served
 from tests.edgedtest import RunningDaemon

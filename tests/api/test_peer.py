@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from edged.api.peer import Role, RoleResolver
+from edged.api.peer import RoleResolver
+from edged.roles import Role
 from tests.api.curl import CLIENT_USER, NO_ROLE_USER, curl
 from tests.edgedtest import RunningDaemon
 

@@ -12,8 +12,8 @@ from edged.agents.approvals import STATES, Approvals
 from edged.agents.runtime import AgentRuntime, describe
 from edged.api.body import json_fields
 from edged.api.keys import PEER
-from edged.api.peer import Peer, Role
 from edged.errors import BadRequest, EdgedError, Forbidden, Unavailable
+from edged.roles import Peer, Role
 
 
 class AgentRoutes:
