@@ -10,92 +10,28 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from edged import __version__
-from edged.client import ApiError, Client, DaemonUnreachable
-from edged.config import Config, Overrides, load_config, parse_toml_text
+from edged.cli_context import CliContext
+from edged.client import ApiError, DaemonUnreachable
 from edged.errors import ConfigError, EdgedError
-from edged.remote.versions import load_active
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 STATUS_TIMEOUT = 15.0
 
-DEV_CONFIG = Path("config/edged.toml")
-SYSTEM_CONFIG = Path("/etc/edged/edged.toml")
-DEV_SOCKET = Path("var/edged.sock")
-SYSTEM_SOCKET = Path("/run/edged/edged.sock")
-
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[argparse.Namespace, CliContext], int]
 
 
-def default_config_path() -> Path:
-    env = os.environ.get("EDGED_CONFIG")
-    if env:
-        return Path(env)
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else DEV_CONFIG
-
-
-def default_socket() -> Path:
-    env = os.environ.get("EDGED_SOCKET")
-    if env:
-        return Path(env)
-    return DEV_SOCKET if DEV_SOCKET.exists() else SYSTEM_SOCKET
-
-
-def client_for(args: argparse.Namespace) -> Client:
-    return Client(Path(args.socket) if args.socket else default_socket())
-
-
-def config_for(args: argparse.Namespace) -> Config:
-    """The config named by --config (or the default), with --state-dir/--socket applied.
-    With --state-dir and no config file to be found, the built-in defaults on that folder
-    (an offline verb needs only the daemon's keys and audit log)."""
-    overrides = Overrides(
-        # Absolute: relative to where the command runs, never to a config file's folder.
-        state_dir=Path(args.state_dir).absolute() if getattr(args, "state_dir", None) else None,
-        socket=Path(args.socket).absolute() if getattr(args, "socket", None) else None,
-    )
-    named = getattr(args, "config", None)
-    path = Path(named) if named else default_config_path()
-    if not named and not path.exists():
-        if overrides.state_dir is None:
-            looked = ", ".join(str(p) for p in _config_candidates())
-            raise ConfigError(f"no config file (looked for {looked}); pass --config FILE, or "
-                              "--state-dir DIR with the daemon's state folder",
-                              code="no_config")
-        return load_active(parse_toml_text("", source=Path.cwd() / "edged.toml",
-                                           overrides=overrides))
-    # A pushed config (edged/remote), when one is active, replaces the local file's.
-    return load_active(load_config(path, overrides))
-
-
-def _config_candidates() -> list[str]:
-    env = os.environ.get("EDGED_CONFIG")
-    return [f"$EDGED_CONFIG={env}"] if env else [str(SYSTEM_CONFIG), f"./{DEV_CONFIG}"]
-
-
-def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
-    """--json prints the data as JSON; otherwise the human rendering."""
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        text = human(data)
-        if text:
-            print(text)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
+def _cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     from edged.daemon import Daemon
     from edged.logsetup import setup_logging
 
-    config = config_for(args)
+    config = ctx.config()
     setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
     try:
         asyncio.run(Daemon(config).serve())
@@ -140,10 +76,10 @@ def _summary(part: dict[str, Any]) -> str:
     return ", ".join(shown) or "-"
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    client = client_for(args)
+def _cmd_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    client = ctx.client()
     client.timeout = STATUS_TIMEOUT  # /health answers at once; a hung daemon should not hang us
-    emit(args, client.get("/health"), _render_status)
+    ctx.emit(client.get("/health"), _render_status)
     return 0
 
 
@@ -214,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     try:
         handler: Handler = args.handler
-        return handler(args)
+        return handler(args, CliContext(args))
     except ConfigError as e:
         line = e.message if e.code in ("no_config", "no_keys") else f"invalid config: {e.message}"
         return _fail(args, e, line, EX_CONFIG)

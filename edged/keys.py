@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edged.cli import config_for
+from edged.cli_context import config_for
 
 AddVerb = Callable[[Any, argparse.ArgumentParser], None]
 

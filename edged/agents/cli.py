@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from edged.agents import portal
+from edged.cli_context import CliContext
 from edged.errors import BadRequest
 from edged.tomlreader import parse_duration
 
@@ -61,25 +62,22 @@ def _args(arguments: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in arguments.items())
 
 
-def _turn(args: argparse.Namespace, message: str, session: str | None) -> dict[str, Any]:
-    from edged.cli import client_for
-
+def _turn(args: argparse.Namespace, ctx: CliContext, message: str, session: str | None
+          ) -> dict[str, Any]:
     body: dict[str, Any] = {"message": message}
     if session:
         body["session_id"] = session
     if args.token:
         body["token"] = args.token
-    result: dict[str, Any] = client_for(args).post(f"/v1/agents/{args.agent}/chat", body)
+    result: dict[str, Any] = ctx.client().post(f"/v1/agents/{args.agent}/chat", body)
     return result
 
 
-def _cmd_chat(args: argparse.Namespace) -> int:
-    from edged.cli import emit
-
+def _cmd_chat(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.message is not None:
         if not args.message.strip():
             raise BadRequest("MESSAGE: must not be empty (leave it out for a prompt loop)")
-        emit(args, _turn(args, args.message, args.session),
+        ctx.emit(_turn(args, ctx, args.message, args.session),
              lambda d: f"{_render(d)}\n(session {d['session_id']}: continue with "
                        f"--session {d['session_id']})")
         return 0
@@ -93,9 +91,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if not line:
             continue
-        data = _turn(args, line, session)
+        data = _turn(args, ctx, line, session)
         session = data["session_id"]
-        emit(args, data, lambda d: f"{args.agent}> {_render(d)}")
+        ctx.emit(data, lambda d: f"{args.agent}> {_render(d)}")
         sys.stdout.flush()
 
 
@@ -105,26 +103,20 @@ def _render_approvals(data: dict[str, Any]) -> str:
     return "\n".join(rows) or "no tool call is waiting for approval"
 
 
-def _cmd_approvals(args: argparse.Namespace) -> int:
-    from edged.cli import client_for, emit
-
+def _cmd_approvals(args: argparse.Namespace, ctx: CliContext) -> int:
     path = "/admin/approvals" if args.all else "/admin/approvals?state=pending"
-    emit(args, client_for(args).get(path), _render_approvals)
+    ctx.emit(ctx.client().get(path), _render_approvals)
     return 0
 
 
-def _cmd_approve(args: argparse.Namespace) -> int:
-    from edged.cli import client_for, emit
-
-    result = client_for(args).post(f"/admin/approvals/{args.id}", {"approve": not args.deny})
-    emit(args, result, lambda r: f"{r['id']}: {r['state']} ({r['agent']}: {r['tool']})")
+def _cmd_approve(args: argparse.Namespace, ctx: CliContext) -> int:
+    result = ctx.client().post(f"/admin/approvals/{args.id}", {"approve": not args.deny})
+    ctx.emit(result, lambda r: f"{r['id']}: {r['state']} ({r['agent']}: {r['tool']})")
     return 0
 
 
-def _cmd_token(args: argparse.Namespace) -> int:
+def _cmd_token(args: argparse.Namespace, ctx: CliContext) -> int:
     from pathlib import Path
-
-    from edged.cli import config_for
 
     ttl = parse_duration(args.ttl, "--ttl", BadRequest)
     if ttl <= 0:
@@ -134,7 +126,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if args.key:
         key_path = Path(args.key)
     else:
-        cfg = config_for(args)
+        cfg = ctx.config()
         clinic = [a.portal_key for a in cfg.agents.agents.values() if a.portal_key]
         key_path = clinic[0] if clinic else cfg.daemon.keys_dir / "portal.key"
     token = portal.mint(portal.load_key(key_path), args.patient_ref, ttl)

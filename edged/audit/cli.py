@@ -17,7 +17,7 @@ from typing import Any
 from edged.audit.export import export
 from edged.audit.keys import init_keys, kid_text, load_keys, rotate_audit_key
 from edged.audit.verify import verify
-from edged.cli import client_for, config_for, emit
+from edged.cli_context import CliContext
 from edged.keys import add_location_args, keys_dir_for
 from edged.tomlreader import parse_duration
 
@@ -70,8 +70,8 @@ def _since(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _audit_dir(args: argparse.Namespace) -> Path:
-    return config_for(args).daemon.state_dir / "audit"
+def _audit_dir(ctx: CliContext) -> Path:
+    return ctx.config().daemon.state_dir / "audit"
 
 
 def _render_report(report: dict[str, Any]) -> str:
@@ -83,40 +83,40 @@ def _render_report(report: dict[str, Any]) -> str:
             f"({bad['segment']}): {bad['problem']}")
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.daemon:
-        report: dict[str, Any] = client_for(args).get("/admin/audit/verify")
+        report: dict[str, Any] = ctx.client().get("/admin/audit/verify")
     else:
         keys = load_keys(keys_dir_for(args), need_device=False)
-        report = verify(_audit_dir(args), keys).as_dict()
+        report = verify(_audit_dir(ctx), keys).as_dict()
     if report["ok"]:
-        emit(args, report, _render_report)
+        ctx.emit(report, _render_report)
         return 0
     if args.json:
-        emit(args, report, _render_report)
+        ctx.emit(report, _render_report)
     else:
         print(f"edged: {_render_report(report)}", file=sys.stderr)
     return EX_DATAERR
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _cmd_export(args: argparse.Namespace, ctx: CliContext) -> int:
     keys = load_keys(keys_dir_for(args), need_device=False)
     out = sys.stdout
-    for event in export(_audit_dir(args), keys, since=args.since, kinds=set(args.kind)):
+    for event in export(_audit_dir(ctx), keys, since=args.since, kinds=set(args.kind)):
         out.write(json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
     return 0
 
 
-def _cmd_keys_init(args: argparse.Namespace) -> int:
+def _cmd_keys_init(args: argparse.Namespace, ctx: CliContext) -> int:
     created = init_keys(keys_dir_for(args))
-    emit(args, {"created": [str(p) for p in created]},
+    ctx.emit({"created": [str(p) for p in created]},
          lambda d: "created " + ", ".join(d["created"]))
     return 0
 
 
-def _cmd_keys_rotate(args: argparse.Namespace) -> int:
+def _cmd_keys_rotate(args: argparse.Namespace, ctx: CliContext) -> int:
     old, new = rotate_audit_key(keys_dir_for(args))
-    emit(args, {"retired": kid_text(old), "current": kid_text(new)},
+    ctx.emit({"retired": kid_text(old), "current": kid_text(new)},
          lambda d: f"audit key {d['retired']} retired (kept for old records); new key "
                    f"{d['current']}. A running daemon switches to it at its next start "
                    "and records audit.key_rotated.")

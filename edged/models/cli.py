@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edged.cli import client_for, emit
+from edged.cli_context import CliContext
 from edged.models.budget import mib
 
 
@@ -39,24 +39,24 @@ def _render_one(data: dict[str, Any]) -> str:
     return f"{data['model']}: {data['state']} ({_size(data.get('bytes'))}{pinned})"
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    emit(args, client_for(args).get("/v1/models"), _render_models)
+def _cmd_models(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.emit(ctx.client().get("/v1/models"), _render_models)
     return 0
 
 
-def _cmd_ps(args: argparse.Namespace) -> int:
-    emit(args, client_for(args).get("/admin/ps"), _render_ps)
+def _cmd_ps(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.emit(ctx.client().get("/admin/ps"), _render_ps)
     return 0
 
 
-def _cmd_load(args: argparse.Namespace) -> int:
+def _cmd_load(args: argparse.Namespace, ctx: CliContext) -> int:
     body = {"pin": True} if args.pin else {}
-    emit(args, client_for(args).post(f"/admin/models/{args.alias}/load", body), _render_one)
+    ctx.emit(ctx.client().post(f"/admin/models/{args.alias}/load", body), _render_one)
     return 0
 
 
-def _cmd_unload(args: argparse.Namespace) -> int:
-    emit(args, client_for(args).post(f"/admin/models/{args.alias}/unload"), _render_one)
+def _cmd_unload(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.emit(ctx.client().post(f"/admin/models/{args.alias}/unload"), _render_one)
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edged.cli import client_for, emit
+from edged.cli_context import CliContext
 from edged.config import parse_config
 from edged.errors import BadRequest, ConfigError, EdgedError
 from edged.remote.admission import check_signable, refuse_locked_keys, removal_allowed
@@ -80,12 +80,12 @@ def _render_show(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
-    emit(args, client_for(args).get("/admin/config"), _render_show)
+def _cmd_show(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.emit(ctx.client().get("/admin/config"), _render_show)
     return 0
 
 
-def _cmd_sign(args: argparse.Namespace) -> int:
+def _cmd_sign(args: argparse.Namespace, ctx: CliContext) -> int:
     devices = (*args.device, *((ALL_DEVICES,) if args.all_devices else ()))
     if not devices and not args.tag:
         raise BadRequest("name the target: --device ID, --tag TAG or --all-devices")
@@ -120,7 +120,7 @@ def parse_toml(text: str, path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
-def _cmd_apply(args: argparse.Namespace) -> int:
+def _cmd_apply(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         raw = sys.stdin.buffer.read() if args.bundle == "-" else Path(args.bundle).read_bytes()
         bundle = json.loads(raw)
@@ -130,22 +130,22 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise BadRequest(f"{args.bundle}: not a bundle (not JSON: {e})") from None
     # The signature covers the canonical encoding, not these bytes: re-encoding is harmless.
     path = "/admin/config?wait=true" if args.wait else "/admin/config"
-    result = client_for(args).post(path, bundle)
-    emit(args, result, lambda r: f"config v{r['version']} applied ({r['state']}); changed: "
+    result = ctx.client().post(path, bundle)
+    ctx.emit(result, lambda r: f"config v{r['version']} applied ({r['state']}); changed: "
          f"{', '.join(r['changed']) or 'nothing'}"
          + (f"; restart required for {', '.join(r['restart_required'])}"
             if r["restart_required"] else ""))
     return 0
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
+def _cmd_pull(args: argparse.Namespace, ctx: CliContext) -> int:
     path = "/admin/config/pull?wait=true" if args.wait else "/admin/config/pull"
-    emit(args, client_for(args).post(path), lambda r: f"pull: {r['status']}"
+    ctx.emit(ctx.client().post(path), lambda r: f"pull: {r['status']}"
          + (f" v{r['version']} ({r['state']})" if "version" in r else ""))
     return 0
 
 
-def _cmd_fleet_init(args: argparse.Namespace) -> int:
+def _cmd_fleet_init(args: argparse.Namespace, ctx: CliContext) -> int:
     out = Path(args.out)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -160,7 +160,7 @@ def _cmd_fleet_init(args: argparse.Namespace) -> int:
         f.write(private)
     pub_path.write_bytes(public)
     data = {"key_id": kid, "private_key": str(key_path), "public_key": str(pub_path)}
-    emit(args, data, lambda d: (
+    ctx.emit(data, lambda d: (
         f"fleet key {d['key_id']}\n  private: {d['private_key']} (keep it off the devices)\n"
         f"  public:  {d['public_key']} (copy to <keys_dir>/fleet/ on each device)"))
     return 0

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from edged.cli import client_for, emit
+from edged.cli_context import CliContext
 
 CLASSES = ("ticket", "checkpoint", "event", "metrics")
 
@@ -23,15 +23,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     now.set_defaults(handler=_cmd_now)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _cmd_status(args: argparse.Namespace, ctx: CliContext) -> int:
     # /health carries the sync state for any role; no admin needed to look.
-    emit(args, client_for(args).get("/health").get("sync", {}), render_status)
+    ctx.emit(ctx.client().get("/health").get("sync", {}), render_status)
     return 0
 
 
-def _cmd_now(args: argparse.Namespace) -> int:
-    result = client_for(args).post("/admin/sync")
-    emit(args, result, render_now)
+def _cmd_now(args: argparse.Namespace, ctx: CliContext) -> int:
+    result = ctx.client().post("/admin/sync")
+    ctx.emit(result, render_now)
     if result.get("error") is None:
         return 0
     if not args.json:
