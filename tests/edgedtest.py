@@ -227,3 +227,21 @@ def bundled_alias(**overrides: Any) -> dict[str, Any]:
     process holds the core make every test slow."""
     return {"package": BUNDLED_PACKAGE, "context": 512, "embedding": False, "threads": 1,
             **overrides}
+
+
+@contextmanager
+def bundled_daemon(**alias: Any) -> Iterator[RunningDaemon]:
+    """A daemon in a short temporary folder serving the bundled model as ``g``, the
+    default model (``alias``: overrides of its ``[models.g]`` table)."""
+    import shutil
+
+    tmp = short_tmpdir()
+    state = tmp / "st"
+    config = deep_merge(base_config(state), {"models": {
+        "cache_dir": str(MODEL_CACHE), "default": "g", "g": bundled_alias(**alias)}})
+    try:
+        with running(config, state) as d:
+            yield d
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+

@@ -6,7 +6,6 @@ point is the protocol, and that each tool loop ends in a text answer."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,8 @@ import pytest
 from pydantic import BaseModel
 
 from tests.edgedtest import (
-    MODEL_CACHE,
     RunningDaemon,
-    base_config,
-    bundled_alias,
-    deep_merge,
-    running,
-    short_tmpdir,
+    bundled_daemon,
 )
 
 RESULT = {"city": "Paris", "temperature_c": 18, "sky": "sunny"}
@@ -39,16 +33,8 @@ class City(BaseModel):
 
 @pytest.fixture(scope="module")
 def daemon(bundled_model_path: Path) -> Iterator[RunningDaemon]:
-    tmp = short_tmpdir()
-    state = tmp / "st"
-    config = deep_merge(base_config(state), {"models": {
-        "cache_dir": str(MODEL_CACHE), "default": "g",
-        "g": bundled_alias(context=1024, embedding=True)}})
-    try:
-        with running(config, state) as d:
-            yield d
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bundled_daemon(context=1024, embedding=True) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from edged.client import ApiError
 from edged.models.contract import PRIORITY_NORMAL
 from edged.models.requests import parse_chat, parse_completion
 from tests.edgedtest import (
-    MODEL_CACHE,
     RunningDaemon,
     base_config,
     bundled_alias,
+    bundled_daemon,
     cli,
     deep_merge,
     running,
@@ -42,17 +42,8 @@ QUOTE = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def daemon(bundled_model_path: Path) -> Iterator[RunningDaemon]:
-    tmp = short_tmpdir()
-    state = tmp / "st"
-    config = deep_merge(base_config(state), {"models": {
-        "cache_dir": str(MODEL_CACHE), "default": "g",
-        "g": bundled_alias(context=1024, embedding=True),
-    }})
-    try:
-        with running(config, state) as d:
-            yield d
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bundled_daemon(context=1024, embedding=True) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

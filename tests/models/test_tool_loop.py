@@ -4,7 +4,6 @@ answer, streamed and not, in today's tools and the legacy functions."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,8 @@ import pytest
 
 from edged.client import ApiError
 from tests.edgedtest import (
-    MODEL_CACHE,
     RunningDaemon,
-    base_config,
-    bundled_alias,
-    deep_merge,
-    running,
-    short_tmpdir,
+    bundled_daemon,
 )
 
 WEATHER = {"type": "function", "function": {
@@ -33,15 +27,8 @@ RESULT = '{"city": "Paris", "temperature_c": 18, "sky": "sunny"}'
 
 @pytest.fixture(scope="module")
 def daemon(bundled_model_path: Path) -> Iterator[RunningDaemon]:
-    tmp = short_tmpdir()
-    state = tmp / "st"
-    config = deep_merge(base_config(state), {"models": {
-        "cache_dir": str(MODEL_CACHE), "default": "g", "g": bundled_alias(context=1024)}})
-    try:
-        with running(config, state) as d:
-            yield d
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bundled_daemon(context=1024) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
