@@ -24,7 +24,7 @@ from edged.agents.api import AgentRoutes
 from edged.agents.assemble import build_runtime as build_agent_runtime
 from edged.agents.encoder import Encoder
 from edged.agents.reload import AgentsReloader
-from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
+from edged.api.app import ApiState, RequestAudit, RouteProvider, build_app
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
 from edged.api.system import HealthSource, SystemRoutes
@@ -64,7 +64,7 @@ class Wiring:
     health: dict[str, HealthSource] = field(default_factory=dict)
     routes: list[RouteProvider] = field(default_factory=list)
     status: list[Callable[[], str]] = field(default_factory=list)
-    on_request: RequestHook | None = None  # the audit record of each API request
+    audit: RequestAudit | None = None  # the audit records of each API request
     # components that take a new config in place (a pushed config reloads them)
     reloadable: list[ReloadTarget] = field(default_factory=list)
     # what must be ready before the socket answers (the agents' example vectors)
@@ -161,7 +161,7 @@ class Daemon:
         wiring.health["audit"] = audit.health
         wiring.status.append(audit.status)
         wiring.routes.append(AuditRoutes(audit))
-        wiring.on_request = RequestAuditor(audit, cfg.audit)
+        wiring.audit = RequestAuditor(audit, cfg.audit)
         return audit
 
     async def serve(self) -> None:
@@ -185,7 +185,7 @@ class Daemon:
                     resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups,
                                           owner_is_admin=cfg.daemon.owner_is_admin),
                     metrics=self.metrics, max_body=cfg.daemon.max_body_bytes, state=state,
-                    providers=wiring.routes, on_request=wiring.on_request)
+                    providers=wiring.routes, audit=wiring.audit)
                 await self._run(server, wiring)
         log.info("edged stopped")
 

@@ -11,3 +11,7 @@ from edged.api.peer import Peer
 PEER = web.RequestKey("edged_peer", Peer)
 # the parsed JSON body, once a handler has read it (edged/api/body.py)
 BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("edged_body", dict)
+# the X-Request-Id header, once checked (edged/api/app.py)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("edged_request_id", str)
+# whether the request's audit record was written before its handler ran
+AUDITED: web.RequestKey[bool] = web.RequestKey("edged_audited", bool)
