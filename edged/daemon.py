@@ -89,7 +89,8 @@ class Daemon:
         wiring = Wiring()
         # -- audit (edged/audit): `audit`, an AuditSink. Its checkpoints queue in the outbox,
         # so the outbox (which needs nothing else) is built first.
-        outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry)
+        outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry,
+                                    reserved_bytes=cfg.sync.reserved_bytes)
         audit: AuditSink = DisabledAudit()
         if cfg.audit.enabled:
             audit = await self._open_audit(stack, wiring, outbox)
