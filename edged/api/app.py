@@ -10,6 +10,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from edged.api.disconnect import CLIENT_CLOSED, answer, said_gone, status_of
 from edged.api.keys import AUDITED, PEER, REQUEST_ID
 from edged.api.peer import Role, RoleResolver, peer_credentials
 from edged.errors import BadRequest, EdgedError, Forbidden, PayloadTooLarge, QueueFull, Unavailable
@@ -124,12 +125,12 @@ class ApiState:
 
 
 async def _report(audit: RequestAudit, request: web.Request, resp: web.StreamResponse,
-                  started: float) -> web.StreamResponse:
+                  status: int, started: float) -> web.StreamResponse:
     """Record the outcome. If that fails for a request that has taken no effect, answer
     with the error rather than as if it had been recorded; one whose record was written
     first keeps its answer (a client told "failed" would retry what was done)."""
     try:
-        await audit.after(request, resp.status, time.perf_counter() - started)
+        await audit.after(request, status, time.perf_counter() - started)
     except EdgedError as e:
         log.error("%s %s: outcome not audited: %s", request.method, request.path, e.message)
         if resp.prepared or request.get(AUDITED):
@@ -151,10 +152,13 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
         state.enter()
         metrics.in_flight.inc()
         try:
-            resp = await handler(request)
+            resp = await answer(handler, request)
+            status = status_of(request, resp)
             if audit is not None:
-                resp = await _report(audit, request, resp, started)
-            status = resp.status
+                resp = await _report(audit, request, resp, status, started)
+                status = status_of(request, resp)
+            if status == CLIENT_CLOSED:
+                said_gone(request)
             return resp
         finally:
             state.leave()

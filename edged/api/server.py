@@ -115,8 +115,11 @@ class ApiServer:
             raise RuntimeError("no application to serve")
         # drain() already gave in-flight requests the grace period; what is left when the
         # runner closes gets cancelled at once rather than after aiohttp's own 60 s.
+        # handler_cancellation: a request whose client left is cancelled (edged/api/
+        # disconnect.py decides which routes stop and which run to their end).
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=_CANCEL_AFTER_GRACE)
+                                     shutdown_timeout=_CANCEL_AFTER_GRACE,
+                                     handler_cancellation=True)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("listening on %s", self._path if self._owns_file else "an inherited socket")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -195,3 +196,31 @@ def test_nothing_takes_effect_when_the_audit_cannot_write(
     assert tickets(state) == before
     assert not (state / "config" / "v3.toml").exists()
     assert f"unloaded {MODEL}" not in d.log()
+
+
+
+def test_a_client_leaving_does_not_cut_an_effect_short(daemon: RunningDaemon) -> None:
+    """A route with an effect runs to its end when its client leaves: the model loads, and
+    both records are there, the outcome a 499."""
+    if MODEL in loaded(daemon):
+        daemon.client.post(f"/admin/models/{MODEL}/unload", {})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(daemon.socket))
+        s.sendall(f"POST /admin/models/{MODEL}/load HTTP/1.1\r\nHost: edged\r\n"
+                  "X-Request-Id: left-1\r\nContent-Length: 0\r\n\r\n".encode())
+        for _ in range(10_000):  # until the load is under way (each look is a request)
+            states = [m["state"] for m in daemon.client.get("/admin/ps")["models"]]
+            if states:
+                break
+        assert states == ["loading"]
+    while (ps := daemon.client.get("/admin/ps"))["models"][0]["state"] == "loading":
+        daemon.client.get(f"/admin/ps?generation={ps['generation']}&wait=60")
+    assert ps["models"][0]["state"] == "loaded"
+    for _ in range(20):  # the outcome is recorded just after the load ends
+        events = exported(daemon.state_dir, "--kind", "api.request", "--kind", "api.response")
+        (req,) = [e for e in events if e["data"].get("request_id") == "left-1"
+                  and e["kind"] == "api.request"]
+        outcome = [e for e in events if e["data"].get("request_seq") == req["seq"]]
+        if outcome:
+            break
+    assert [e["data"]["status"] for e in outcome] == [499]
