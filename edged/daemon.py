@@ -25,6 +25,7 @@ from edged.agents.assemble import build_runtime as build_agent_runtime
 from edged.agents.encoder import Encoder
 from edged.agents.reload import AgentsReloader
 from edged.api.app import ApiState, RequestAudit, RouteProvider, build_app
+from edged.api.connection import Limits
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
 from edged.api.system import HealthSource, SystemRoutes
@@ -173,7 +174,9 @@ class Daemon:
         state = ApiState()
         wiring = Wiring()
         with ExitStack() as claims:
-            server = ApiServer(None, state, cfg.daemon.socket, cfg.daemon.socket_mode)
+            limits = Limits(cfg.daemon.read_timeout, cfg.daemon.idle_timeout,
+                            cfg.daemon.max_connections)
+            server = ApiServer(None, state, cfg.daemon.socket, cfg.daemon.socket_mode, limits)
             server.claim()
             claims.callback(server.release)
             claims.enter_context(StateLock(cfg.daemon.state_dir))
@@ -186,7 +189,8 @@ class Daemon:
                     resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups,
                                           owner_is_admin=cfg.daemon.owner_is_admin),
                     metrics=self.metrics, max_body=cfg.daemon.max_body_bytes, state=state,
-                    providers=wiring.routes, audit=wiring.audit)
+                    providers=wiring.routes, audit=wiring.audit,
+                    read_timeout=cfg.daemon.read_timeout)
                 await self._run(server, wiring)
         log.info("edged stopped")
 

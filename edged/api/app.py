@@ -11,7 +11,7 @@ from typing import Protocol
 from aiohttp import web
 
 from edged.api.disconnect import CLIENT_CLOSED, answer, said_gone, status_of
-from edged.api.keys import AUDITED, PEER, REQUEST_ID
+from edged.api.keys import AUDITED, PEER, READ_TIMEOUT, REQUEST_ID
 from edged.api.peer import Role, RoleResolver, peer_credentials
 from edged.errors import BadRequest, EdgedError, Forbidden, PayloadTooLarge, QueueFull, Unavailable
 from edged.metrics import Metrics
@@ -54,6 +54,8 @@ def required_role(path: str) -> Role:
 
 def error_response(err: EdgedError) -> web.Response:
     resp = web.json_response(err.envelope(), status=err.status)
+    if err.status == 408:
+        resp.force_close()  # the rest of a late body is not worth waiting for
     if isinstance(err, QueueFull):
         resp.headers["Retry-After"] = str(max(1, round(err.retry_after)))
     return resp
@@ -141,7 +143,8 @@ async def _report(audit: RequestAudit, request: web.Request, resp: web.StreamRes
 
 def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
               state: ApiState, providers: Iterable[RouteProvider],
-              audit: RequestAudit | None = None) -> web.Application:
+              audit: RequestAudit | None = None,
+              read_timeout: float = 30.0) -> web.Application:
 
     @web.middleware
     async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -210,6 +213,7 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
 
     app = web.Application(client_max_size=max_body,
                           middlewares=[track, errors, roles, audited_first])
+    app[READ_TIMEOUT] = read_timeout
     for provider in providers:
         provider.add_routes(app)
     return app

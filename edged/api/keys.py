@@ -9,6 +9,8 @@ from aiohttp import web
 from edged.api.peer import Peer
 
 PEER = web.RequestKey("edged_peer", Peer)
+# daemon.read_timeout: how long a request body may take to arrive (edged/api/body.py)
+READ_TIMEOUT = web.AppKey("edged_read_timeout", float)
 # the parsed JSON body, once a handler has read it (edged/api/body.py)
 BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("edged_body", dict)
 # the X-Request-Id header, once checked (edged/api/app.py)

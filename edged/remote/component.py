@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edged.api.body import read_body
 from edged.api.keys import PEER
 from edged.api.system import HealthSource
 from edged.audit.sink import AuditSink
@@ -66,8 +67,8 @@ class RemoteComponent:
 
     async def _post(self, request: web.Request) -> web.Response:
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            raw = await read_body(request)
+        except PayloadTooLarge:
             raise PayloadTooLarge("bundle is larger than daemon.max_body",
                                   code="bundle_too_large") from None
         wait = _wants_wait(request)
