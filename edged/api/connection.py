@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _VERSIONS = (HttpVersion10, HttpVersion11)
 _SHOWN = 200  # characters of a parser's message kept in the answer and the log
 _CODES = {400: "bad_http", 408: "request_timeout", 413: "payload_too_large",
+          417: "expectation_failed",
           431: "headers_too_large", 500: "internal", 501: "not_implemented",
           503: "too_many_connections", 505: "http_version_not_supported"}
 
@@ -103,19 +104,28 @@ class Connection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         waiting = self.idle()
         super().data_received(data)
-        self._refuse_versions()
+        self._refuse_unanswerable()
         if not self.idle():
             self._stop_header_timer()
         elif waiting and data and self._header_timer is None:
             self._header_timer = asyncio.get_running_loop().call_later(
                 self._limits.read_timeout, self._headers_late)
 
-    def _refuse_versions(self) -> None:
+    def _refuse_unanswerable(self) -> None:
+        """What aiohttp would answer before the application sees it, in its own words:
+        another HTTP version, an Expect other than 100-continue (aiohttp's 417 is text, and
+        500 for a value that is not text)."""
         for msg, _payload in self._messages:
-            if isinstance(msg, RawRequestMessage) and msg.version not in _VERSIONS:
+            if not isinstance(msg, RawRequestMessage):
+                continue
+            if msg.version not in _VERSIONS:
                 version = f"HTTP/{msg.version.major}.{msg.version.minor}"
                 self._answer_and_close(505, f"{_shown(version)} is not supported; "
                                             "edged speaks HTTP/1.1 (and 1.0)")
+                return
+            expect = msg.headers.get("Expect")
+            if expect is not None and expect.lower() != "100-continue":
+                self._answer_and_close(417, "header Expect: only 100-continue is supported")
                 return
 
     def _headers_late(self) -> None:
@@ -131,6 +141,11 @@ class Connection(RequestHandler):
 
     def _answer_and_close(self, status: int, message: str) -> None:
         self._messages.clear()
+        if self._request_in_progress:
+            # pipelined behind a request being answered: no bytes of ours between its
+            # response's; close once it is done
+            self.close()
+            return
         if self.transport is not None:
             self.transport.write(raw_answer(status, message))
         self.force_close()
