@@ -10,7 +10,7 @@ aiohttp's ``RequestHandler`` with what it lacks:
   connection is closed to make room, so the API keeps serving; only when none is idle is
   the new one answered 503 and closed;
 - protocol errors (what aiohttp's parser refuses) answered in the JSON envelope and logged
-  in one bounded line at debug; HTTP versions other than 1.0 and 1.1 get 505.
+  in one bounded warning line; HTTP versions other than 1.0 and 1.1 get 505.
 
 It reaches into ``RequestHandler``'s private state (``_messages``, ``_waiter``,
 ``_request_in_progress``): pyproject pins aiohttp's minor version for that, and
@@ -168,7 +168,10 @@ class Connection(RequestHandler):
             text = "internal error; see the daemon log"
         else:
             text = _shown(message or str(exc) or HTTPStatus(status).phrase)
-            log.debug("refused a malformed request: %d %s", status, text)
+            # one line, where aiohttp logged a traceback (tests/test_logsetup.py)
+            first = (message or str(exc) or "").strip().splitlines()[:1]
+            self.logger.warning("malformed HTTP request: %s", _shown(first[0] if first else
+                                                                       str(status)))
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; cannot send the error")
         resp = web.json_response(envelope(status, text), status=status)
