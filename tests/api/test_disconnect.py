@@ -59,7 +59,8 @@ def daemon() -> Iterator[RunningDaemon]:
     folder = short_tmpdir()
     config = deep_merge(base_config(folder / "st"), {
         "audit": {"enabled": False},
-        "models": {"cache_dir": str(MODEL_CACHE), MODEL: bundled_alias(embedding=True)}})
+        "models": {"cache_dir": str(MODEL_CACHE), MODEL: bundled_alias(embedding=True),
+                   "gen": bundled_alias(chat_format="gemma-base")}})
     try:
         with running(config, folder / "st") as d:
             yield d
@@ -67,19 +68,23 @@ def daemon() -> Iterator[RunningDaemon]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_an_abandoned_embedding_request_frees_its_model(daemon: RunningDaemon) -> None:
-    daemon.client.post(f"/admin/models/{MODEL}/load", {})
-    body = json.dumps({"model": MODEL, "input": [LONG] * 256}).encode()
+def abandon(d: RunningDaemon, route: str, alias: str, body: dict[str, object]) -> None:
+    """Send a request, wait until the model's worker has it, and leave."""
+    raw = json.dumps(body).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(daemon.socket))
-        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: edged\r\nContent-Type: "
-                  b"application/json\r\nContent-Length: " + str(len(body)).encode() +
-                  b"\r\n\r\n" + body)
+        s.connect(str(d.socket))
+        s.sendall(f"POST {route} HTTP/1.1\r\nHost: edged\r\nContent-Type: application/json"
+                  f"\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
         for _ in range(10_000):  # until the worker has it (each look is a request)
-            (model,) = daemon.client.get("/admin/ps")["models"]
+            (model,) = [m for m in d.client.get("/admin/ps")["models"] if m["model"] == alias]
             if model["in_flight"]:
                 break
         assert model["in_flight"] == 1
+
+
+def test_an_abandoned_embedding_request_frees_its_model(daemon: RunningDaemon) -> None:
+    daemon.client.post(f"/admin/models/{MODEL}/load", {})
+    abandon(daemon, "/v1/embeddings", MODEL, {"model": MODEL, "input": [LONG] * 256})
     # 256 texts take minutes on this machine; cut at the next batch, the model is free at once
     quick = Client(daemon.socket, timeout=60)
     out = quick.post("/v1/embeddings", {"model": MODEL, "input": ["hello"]})
@@ -87,3 +92,20 @@ def test_an_abandoned_embedding_request_frees_its_model(daemon: RunningDaemon) -
     metrics = daemon.client.get("/metrics")
     assert 'method="POST",route="/v1/embeddings",status="499"} 1.0' in metrics, metrics
     assert "Traceback" not in daemon.log()
+
+
+def test_an_abandoned_completion_stops_at_the_next_token(daemon: RunningDaemon) -> None:
+    daemon.client.post("/admin/models/gen/load", {})
+    # greedy counting runs to max_tokens when nobody stops it (measured: 450 of 450)
+    abandon(daemon, "/v1/completions", "gen", {
+        "model": "gen", "max_tokens": 450, "temperature": 0.0,
+        "prompt": "1, 2, 3, 4, 5, 6, 7, 8,"})
+    quick = Client(daemon.socket, timeout=60)
+    out = quick.post("/v1/chat/completions", {"model": "gen", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "hi"}]})
+    assert out["choices"][0]["message"]["role"] == "assistant"
+    metrics = daemon.client.get("/metrics")
+    assert 'method="POST",route="/v1/completions",status="499"} 1.0' in metrics
+    (generated,) = [float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith('edged_model_tokens_total{model="gen"}')]
+    assert generated < 450 - 100, "the abandoned completion ran (nearly) to its end"
