@@ -37,6 +37,9 @@ class DaemonConfig:
     client_groups: tuple[str, ...]
     owner_is_admin: bool  # the daemon's own uid gets admin (a dev box), not just client
     max_body_bytes: int
+    read_timeout: float  # a request's headers, and its body, must arrive within this
+    idle_timeout: float  # a connection with no request in progress is closed after this
+    max_connections: int  # open at once; past it the oldest idle one is closed
     grace_period: float
     device_id: str
     device_tags: tuple[str, ...]
@@ -85,6 +88,9 @@ def _parse_daemon(t: Table, overrides: Overrides) -> DaemonConfig:
         client_groups=t.str_list("client_groups", ("edged",)),
         owner_is_admin=t.bool("owner_is_admin", False),
         max_body_bytes=t.size("max_body", 1024 * 1024),
+        read_timeout=t.duration("read_timeout", 30.0),
+        idle_timeout=t.duration("idle_timeout", 60.0),
+        max_connections=t.int("max_connections", 256, min=4, max=65536),
         grace_period=t.duration("grace_period", 20.0),
         device_id=t.str("device_id", os.uname().nodename),
         device_tags=t.str_list("device_tags", ()),
@@ -115,6 +121,9 @@ def _check_daemon(t: Table, cfg: DaemonConfig) -> None:
     if cfg.max_body_bytes < 1024:
         raise ConfigError(f"{t.key('max_body')}: {cfg.max_body_bytes} bytes is too small "
                           "(at least 1KiB)")
+    for name in ("read_timeout", "idle_timeout"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{t.key(name)}: must be more than 0 seconds")
     if not cfg.device_id.strip():
         raise ConfigError(f"{t.key('device_id')}: must not be empty")
 

@@ -25,7 +25,8 @@ from edged.agents.assemble import build_runtime as build_agent_runtime
 from edged.agents.encoder import Encoder
 from edged.agents.http import AgentRoutes
 from edged.agents.reload import AgentsReloader
-from edged.api.app import ApiState, RequestHook, RouteProvider, build_app
+from edged.api.app import ApiState, RequestAudit, RouteProvider, build_app
+from edged.api.connection import Limits
 from edged.api.peer import RoleResolver
 from edged.api.server import ApiServer
 from edged.api.system import SystemRoutes
@@ -71,7 +72,7 @@ class Wiring:
     health: dict[str, HealthSource] = field(default_factory=dict)
     routes: list[RouteProvider] = field(default_factory=list)
     status: list[Callable[[], str]] = field(default_factory=list)
-    on_request: RequestHook | None = None  # the audit record of each API request
+    audit: RequestAudit | None = None  # the audit records of each API request
     # components that take a new config in place (a pushed config reloads them)
     reloadable: list[ReloadTarget] = field(default_factory=list)
     # what must be ready before the socket answers (the agents' example vectors)
@@ -96,7 +97,8 @@ class Daemon:
         wiring = Wiring()
         # -- audit (edged/audit): `audit`, an AuditSink. Its checkpoints queue in the outbox,
         # so the outbox (which needs nothing else) is built first.
-        outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry)
+        outbox = sync_outbox.Outbox(store, cfg.sync.max_bytes, self.metrics.registry,
+                                    reserved_bytes=cfg.sync.reserved_bytes)
         audit: AuditSink = DisabledAudit()
         if cfg.audit.enabled:
             audit = await self._open_audit(stack, wiring, outbox)
@@ -176,7 +178,7 @@ class Daemon:
         wiring.health["audit"] = audit.health
         wiring.status.append(audit.status)
         wiring.routes.append(AuditRoutes(audit))
-        wiring.on_request = RequestAuditor(audit, cfg.audit)
+        wiring.audit = RequestAuditor(audit, cfg.audit)
         return audit
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -199,7 +201,9 @@ class Daemon:
         state = ApiState()
         wiring = Wiring()
         with ExitStack() as claims:
-            server = ApiServer(None, state, cfg.daemon.socket, cfg.daemon.socket_mode)
+            limits = Limits(cfg.daemon.read_timeout, cfg.daemon.idle_timeout,
+                            cfg.daemon.max_connections)
+            server = ApiServer(None, state, cfg.daemon.socket, cfg.daemon.socket_mode, limits)
             server.claim()
             claims.callback(server.release)
             claims.enter_context(StateLock(cfg.daemon.state_dir))
@@ -213,7 +217,8 @@ class Daemon:
                     resolver=RoleResolver(cfg.daemon.admin_groups, cfg.daemon.client_groups,
                                           owner_is_admin=cfg.daemon.owner_is_admin),
                     metrics=self.metrics, max_body=cfg.daemon.max_body_bytes, state=state,
-                    providers=wiring.routes, on_request=wiring.on_request)
+                    providers=wiring.routes, audit=wiring.audit,
+                    read_timeout=cfg.daemon.read_timeout)
                 await self._run(server, wiring)
         log.info("edged stopped")
 

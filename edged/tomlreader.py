@@ -43,10 +43,22 @@ _Float: TypeAlias = float
 _Bool: TypeAlias = bool
 
 
+
+SHOWN_CHARS = 80
+
+
+def shown(value: object) -> str:
+    """A value as an error quotes it: its repr, cut to ``SHOWN_CHARS`` (bad input can be a
+    megabyte long, and the message goes into logs, audit records and events)."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
 def parse_size(value: object, key: str, error: type[Exception] = ConfigError) -> int:
     """``1048576``, ``"512MiB"``, ``"2GB"`` -> bytes."""
     if isinstance(value, bool):
-        raise error(f'{key}: {value!r} is not a size (expected bytes or e.g. "512MiB")')
+        raise error(f'{key}: {shown(value)} is not a size (expected bytes or e.g. "512MiB")')
     if isinstance(value, int):
         if value < 0:
             raise error(f"{key}: {value} must not be negative")
@@ -55,13 +67,13 @@ def parse_size(value: object, key: str, error: type[Exception] = ConfigError) ->
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
         if m and m.group(2).lower() in _SIZE_UNITS:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise error(f'{key}: {value!r} is not a size (expected bytes or e.g. "512MiB")')
+    raise error(f'{key}: {shown(value)} is not a size (expected bytes or e.g. "512MiB")')
 
 
 def parse_duration(value: object, key: str, error: type[Exception] = ConfigError) -> float:
     """``30``, ``"30s"``, ``"5m"``, ``"250ms"`` -> seconds."""
     if isinstance(value, bool):
-        raise error(f'{key}: {value!r} is not a duration (expected seconds or e.g. "5m")')
+        raise error(f'{key}: {shown(value)} is not a duration (expected seconds or e.g. "5m")')
     if isinstance(value, int | float):
         if not math.isfinite(value):  # TOML has nan and inf; a sleep(nan) never returns
             raise error(f"{key}: {value} is not a duration (expected a finite number)")
@@ -72,7 +84,7 @@ def parse_duration(value: object, key: str, error: type[Exception] = ConfigError
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*", value)
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
-    raise error(f'{key}: {value!r} is not a duration (expected seconds or e.g. "5m")')
+    raise error(f'{key}: {shown(value)} is not a duration (expected seconds or e.g. "5m")')
 
 
 class Table:
@@ -119,9 +131,9 @@ class Table:
         if value is default and default is not _MISSING:
             return value  # type: ignore[return-value]
         if isinstance(value, bool) and kind is not bool:
-            raise self._error(f"{self.key(name)}: expected {what}, got {value!r}")
+            raise self._error(f"{self.key(name)}: expected {what}, got {shown(value)}")
         if not isinstance(value, kind):
-            raise self._error(f"{self.key(name)}: expected {what}, got {value!r}")
+            raise self._error(f"{self.key(name)}: expected {what}, got {shown(value)}")
         return value  # type: ignore[return-value]
 
     def str(self, name: _Str, default: object = _MISSING) -> Any:
@@ -168,7 +180,8 @@ class Table:
     def choice(self, name: _Str, options: tuple[_Str, ...], default: object = _MISSING) -> Any:
         value = self.str(name, default)
         if value not in options and value is not default:
-            raise self._error(f"{self.key(name)}: {value!r} is not one of {', '.join(options)}")
+            raise self._error(f"{self.key(name)}: {shown(value)} is not one of "
+                              f"{', '.join(options)}")
         return value
 
     def str_list(self, name: _Str, default: object = _MISSING) -> Any:
@@ -176,7 +189,7 @@ class Table:
         if value is default and default is not _MISSING:
             return value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self._error(f"{self.key(name)}: expected a list of strings, got {value!r}")
+            raise self._error(f"{self.key(name)}: expected a list of strings, got {shown(value)}")
         return tuple(value)
 
     def size(self, name: _Str, default: object = _MISSING) -> Any:
@@ -199,7 +212,7 @@ class Table:
     def table(self, name: _Str, *, required: _Bool = False) -> Table:
         value = self._get(name, _MISSING if required else {})
         if not isinstance(value, dict):
-            raise self._error(f"{self.key(name)}: expected a table, got {value!r}")
+            raise self._error(f"{self.key(name)}: expected a table, got {shown(value)}")
         return Table(value, self.key(name), self.base_dir, self._error)
 
     def tables(self, name: _Str) -> dict[_Str, Table]:
@@ -216,4 +229,4 @@ class Table:
     def done(self) -> None:
         unknown = sorted(set(self._data) - self._seen)
         if unknown:
-            raise self._error(f"{self.key(unknown[0])}: unknown key")
+            raise self._error(f"{self.key(shown(unknown[0])[1:-1])}: unknown key")

@@ -78,6 +78,11 @@ LONG = "/tmp/" + "x" * 110 + ".sock"
     ("[daemon\n", "not valid TOML"),
     ("[daemon]\ngrace_period = nan\n", "daemon.grace_period: nan is not a duration"),
     ("[daemon]\ngrace_period = inf\n", "daemon.grace_period: inf is not a duration"),
+    ("[daemon]\nread_timeout = nan\n", "daemon.read_timeout: nan is not a duration"),
+    ('[daemon]\nread_timeout = "0s"\n', "daemon.read_timeout: must be more than 0 seconds"),
+    ("[daemon]\nidle_timeout = -1\n", "daemon.idle_timeout"),
+    ("[daemon]\nmax_connections = 2\n", "daemon.max_connections"),
+    ('[sync]\nmax_bytes = "1KiB"\nreserved_bytes = "1KiB"\n', "sync.reserved_bytes: 1024 bytes"),
     ("[agents.a]\nmodel = 'x'\nroute_threshold = nan\n",
      "agents.a.route_threshold: nan is not a finite number"),
 ])

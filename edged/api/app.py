@@ -10,17 +10,34 @@ from typing import Protocol
 
 from aiohttp import web
 
-from edged.api.keys import PEER
+from edged.api.disconnect import CLIENT_CLOSED, answer, said_gone, status_of
+from edged.api.keys import AUDITED, PEER, READ_TIMEOUT, REQUEST_ID
 from edged.api.peer import RoleResolver, peer_credentials
-from edged.errors import EdgedError, Forbidden, PayloadTooLarge, QueueFull, Unavailable
+from edged.errors import BadRequest, EdgedError, Forbidden, PayloadTooLarge, QueueFull, Unavailable
 from edged.metrics import Metrics
 from edged.roles import Role
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Called once per request, before its response leaves: (request, status, seconds).
-RequestHook = Callable[[web.Request, int, float], Awaitable[None]]
+
+# X-Request-Id goes into the audit record verbatim: printable ASCII, bounded.
+REQUEST_ID_MAX = 128
+
+
+class RequestAudit(Protocol):
+    """The audit record of each request (edged/audit/api.py)."""
+
+    async def before(self, request: web.Request) -> bool:
+        """Called once the peer may call the route, before the handler: check that the
+        record can be written (raise ``BadRequest`` if not) and, for a request that may take
+        effect, write it. Return whether it was written; raising refuses the request and
+        nothing runs."""
+        ...
+
+    async def after(self, request: web.Request, status: int, seconds: float) -> None:
+        """Called before the response leaves: the outcome."""
+        ...
 
 
 class RouteProvider(Protocol):
@@ -42,6 +59,8 @@ def required_role(path: str) -> Role:
 
 def error_response(err: EdgedError) -> web.Response:
     resp = web.json_response(err.envelope(), status=err.status)
+    if err.status == 408:
+        resp.force_close()  # the rest of a late body is not worth waiting for
     if isinstance(err, QueueFull):
         resp.headers["Retry-After"] = str(max(1, round(err.retry_after)))
     return resp
@@ -71,6 +90,28 @@ def _check_length(request: web.Request, max_body: int) -> None:
                               f"{max_body} bytes (daemon.max_body)")
 
 
+def _check_headers(request: web.Request) -> None:
+    """Refuse header values that are not text before anything reads them: aiohttp keeps
+    undecodable bytes as surrogates, which no record or log line can hold."""
+    for name, value in request.headers.items():
+        try:
+            value.encode("utf-8")
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:64]
+            raise BadRequest(f"header {shown}: value is not valid UTF-8",
+                             code="bad_header") from None
+    request_id = request.headers.get("X-Request-Id")
+    if request_id is None:
+        return
+    if not 0 < len(request_id) <= REQUEST_ID_MAX or not request_id.isprintable() \
+            or not request_id.isascii():
+        raise BadRequest(f"header X-Request-Id: expected 1 to {REQUEST_ID_MAX} printable "
+                         f"ASCII characters, got {len(request_id)} characters",
+                         code="bad_header")
+    request[REQUEST_ID] = request_id
+
+
 class ApiState:
     """What the middlewares share: the drain flag and the in-flight count."""
 
@@ -90,21 +131,25 @@ class ApiState:
             self.idle.set()
 
 
-async def _report(hook: RequestHook, request: web.Request, resp: web.StreamResponse,
-                  started: float) -> web.StreamResponse:
-    """Run the request hook (the audit record); if it fails, answer with its error rather
-    than as if the request had been recorded."""
+async def _report(audit: RequestAudit, request: web.Request, resp: web.StreamResponse,
+                  status: int, started: float) -> web.StreamResponse:
+    """Record the outcome. If that fails for a request that has taken no effect, answer
+    with the error rather than as if it had been recorded; one whose record was written
+    first keeps its answer (a client told "failed" would retry what was done)."""
     try:
-        await hook(request, resp.status, time.perf_counter() - started)
+        await audit.after(request, status, time.perf_counter() - started)
     except EdgedError as e:
-        log.error("%s %s: request hook failed: %s", request.method, request.path, e.message)
-        return resp if resp.prepared else error_response(e)
+        log.error("%s %s: outcome not audited: %s", request.method, request.path, e.message)
+        if resp.prepared or request.get(AUDITED):
+            return resp
+        return error_response(e)
     return resp
 
 
 def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
               state: ApiState, providers: Iterable[RouteProvider],
-              on_request: RequestHook | None = None) -> web.Application:
+              audit: RequestAudit | None = None,
+              read_timeout: float = 30.0) -> web.Application:
 
     @web.middleware
     async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -115,10 +160,13 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
         state.enter()
         metrics.in_flight.inc()
         try:
-            resp = await handler(request)
-            if on_request is not None:
-                resp = await _report(on_request, request, resp, started)
-            status = resp.status
+            resp = await answer(handler, request)
+            status = status_of(request, resp)
+            if audit is not None:
+                resp = await _report(audit, request, resp, status, started)
+                status = status_of(request, resp)
+            if status == CLIENT_CLOSED:
+                said_gone(request)
             return resp
         finally:
             state.leave()
@@ -132,6 +180,7 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
             if state.draining:
                 raise Unavailable("edged is shutting down", code="draining")
             _check_length(request, max_body)
+            _check_headers(request)
             return await handler(request)
         except EdgedError as e:
             if e.status >= 500 and not isinstance(e, Unavailable):
@@ -161,7 +210,15 @@ def build_app(*, resolver: RoleResolver, metrics: Metrics, max_body: int,
                             f"uid {uid} has {peer.role.name.lower() if peer.role else 'none'}")
         return await handler(request)
 
-    app = web.Application(client_max_size=max_body, middlewares=[track, errors, roles])
+    @web.middleware
+    async def audited_first(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if audit is not None:
+            request[AUDITED] = await audit.before(request)
+        return await handler(request)
+
+    app = web.Application(client_max_size=max_body,
+                          middlewares=[track, errors, roles, audited_first])
+    app[READ_TIMEOUT] = read_timeout
     for provider in providers:
         provider.add_routes(app)
     return app

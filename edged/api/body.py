@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 
-from edged.api.keys import BODY
-from edged.errors import BadRequest, PayloadTooLarge
+from edged.api.keys import BODY, READ_TIMEOUT
+from edged.errors import BadRequest, EdgedError, PayloadTooLarge
 from edged.tomlreader import Table
 
 
@@ -36,6 +37,26 @@ def _find_surrogate(value: Any, path: str) -> str | None:
     return None
 
 
+class RequestTimeout(EdgedError):
+    code = "request_timeout"
+    status = 408
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within ``daemon.max_body`` (413) and ``daemon.read_timeout`` (408)."""
+    timeout = request.app.get(READ_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is larger than the limit of {request.app._client_max_size} bytes"
+            " (daemon.max_body)") from None
+    except TimeoutError:
+        raise RequestTimeout(f"request body did not arrive within daemon.read_timeout "
+                             f"({timeout:g}s)") from None
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is ``{}``.
 
@@ -44,12 +65,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     """
     if BODY in request:
         return request[BODY]
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is larger than the limit of {request.app._client_max_size} bytes"
-        ) from None
+    raw = await read_body(request)
     if not raw.strip():
         data: Any = {}
     else:

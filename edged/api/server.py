@@ -19,12 +19,14 @@ from pathlib import Path
 from aiohttp import web
 
 from edged.api.app import ApiState
+from edged.api.connection import Limits, Runner
 from edged.errors import EdgedError
 
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
 _CANCEL_AFTER_GRACE = 1.0
+DEFAULT_LIMITS = Limits(read_timeout=30.0, idle_timeout=60.0, max_connections=256)
 
 
 class SocketInUse(EdgedError):
@@ -89,12 +91,13 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
 
 class ApiServer:
     def __init__(self, app: web.Application | None, state: ApiState, path: Path,
-                 mode: int) -> None:
+                 mode: int, limits: Limits = DEFAULT_LIMITS) -> None:
         self.app = app
+        self._limits = limits
         self._state = state
         self._path = path
         self._mode = mode
-        self._runner: web.AppRunner | None = None
+        self._runner: Runner | None = None
         self._owns_file = False
         self._sock: socket.socket | None = None
 
@@ -115,8 +118,11 @@ class ApiServer:
             raise RuntimeError("no application to serve")
         # drain() already gave in-flight requests the grace period; what is left when the
         # runner closes gets cancelled at once rather than after aiohttp's own 60 s.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=_CANCEL_AFTER_GRACE)
+        # handler_cancellation: a request whose client left is cancelled (edged/api/
+        # disconnect.py decides which routes stop and which run to their end).
+        self._runner = Runner(self.app, self._limits, access_log=None, handle_signals=False,
+                              shutdown_timeout=_CANCEL_AFTER_GRACE,
+                              handler_cancellation=True)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("listening on %s", self._path if self._owns_file else "an inherited socket")

@@ -43,6 +43,32 @@ T = TypeVar("T")
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+# What seq, time, kind and actor add around the data, with room to spare.
+_ENVELOPE_BYTES = 512
+
+
+def encode_event(kind: str, event: Mapping[str, Any]) -> bytes:
+    """The plaintext of an event; ``BadRequest`` if it cannot be one (not JSON, not UTF-8,
+    too large)."""
+    try:
+        raw = _JSON.encode(event).encode()
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        raise BadRequest(f"audit event {kind!r}: data is not JSON text: "
+                         f"{str(e)[:120]}") from None
+    if len(raw) > MAX_EVENT_BYTES:
+        raise BadRequest(f"audit event {kind!r} is {len(raw)} bytes, more than "
+                         f"{MAX_EVENT_BYTES}")
+    return raw
+
+
+def check_event(kind: str, actor: str, data: Mapping[str, Any]) -> None:
+    """Raise ``BadRequest`` unless ``append(kind, actor, data)`` can encode its record: what
+    a caller checks before it does what the record will describe."""
+    raw = encode_event(kind, {"kind": kind, "actor": actor, "data": data})
+    if len(raw) + _ENVELOPE_BYTES > MAX_EVENT_BYTES:
+        raise BadRequest(f"audit event {kind!r} would be more than {MAX_EVENT_BYTES} bytes")
+
+
 def utc_text(when: float) -> str:
     """The event-time format (UTC, microseconds, Z); such strings sort in time order."""
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
@@ -275,13 +301,9 @@ class AuditLog:
         event = {"seq": seq, "time": utc_text(entry.time), "kind": entry.kind,
                  "actor": entry.actor, "data": entry.data}
         try:
-            raw = _JSON.encode(event).encode()
-        except (TypeError, ValueError) as e:
-            return BadRequest(f"audit event {entry.kind!r}: data is not JSON: {e}")
-        if len(raw) > MAX_EVENT_BYTES:
-            return BadRequest(f"audit event {entry.kind!r} is {len(raw)} bytes, more than "
-                              f"{MAX_EVENT_BYTES}")
-        return raw
+            return encode_event(entry.kind, event)
+        except BadRequest as e:
+            return e
 
     @staticmethod
     def _sync(pos: _Position) -> None:

@@ -108,17 +108,20 @@ class ModelManager:
     async def embed(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
         items = list(texts)
         return await self._call(alias, GenerateParams(),
-                                lambda _cancel: lambda m: m.embed(items))
+                                lambda cancel: lambda m: _embed_chunks(m, items, cancel))
 
     async def embed_counted(self, alias: str, texts: Sequence[str]
                             ) -> tuple[list[list[float]], int]:
         """Vectors and the number of input tokens they took (0 if the model cannot say)."""
         items = list(texts)
 
-        def run(m: LoadedModel) -> tuple[list[list[float]], int]:
-            count = getattr(m, "count_tokens", None)
-            return m.embed(items), int(count(items)) if count is not None else 0
-        return await self._call(alias, GenerateParams(), lambda _cancel: run)
+        def job(cancel: threading.Event) -> Callable[[LoadedModel], tuple[list[list[float]], int]]:
+            def run(m: LoadedModel) -> tuple[list[list[float]], int]:
+                count = getattr(m, "count_tokens", None)
+                vectors = _embed_chunks(m, items, cancel)
+                return vectors, int(count(items)) if count is not None else 0
+            return run
+        return await self._call(alias, GenerateParams(), job)
 
     async def classify(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
         return (await self.classify_labeled(alias, texts))[0]
@@ -688,3 +691,16 @@ def _measured_load(backend: Backend, spec: ModelSpec, path: Path, threads: int
 def _close(model: LoadedModel) -> None:
     model.close()
     trim_heap()  # llama.cpp leaves 60-100 MiB in the C heap until trimmed
+
+
+EMBED_CHUNK = 8  # texts per batch: a request whose caller left stops at the next one
+
+
+def _embed_chunks(model: LoadedModel, items: list[str], cancel: threading.Event
+                  ) -> list[list[float]]:
+    vectors: list[list[float]] = []
+    for start in range(0, len(items), EMBED_CHUNK):
+        if cancel.is_set():
+            raise asyncio.CancelledError()
+        vectors += model.embed(items[start:start + EMBED_CHUNK])
+    return vectors

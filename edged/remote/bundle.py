@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edged.errors import BadRequest, Unauthorized
-from edged.tomlreader import Table
+from edged.tomlreader import Table, shown
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,17 @@ def canonical_message(version: int, issued_at: str, key_id: str, devices: tuple[
     return b"".join(_netstring(f) for f in fields)
 
 
+MAX_KEY_ID = 64  # ours are 16 hex digits
+
+
+def _key_id(t: Table) -> str:
+    kid: str = t.str("key_id")
+    if not 0 < len(kid) <= MAX_KEY_ID:
+        raise BadRequest(f"bundle.key_id: expected 1 to {MAX_KEY_ID} characters, got "
+                         f"{len(kid)}", code="bad_bundle")
+    return kid
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     """First 16 hex digits of the SHA-256 of the raw 32-byte public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -89,14 +100,14 @@ def parse_bundle(raw: bytes) -> Bundle:
     t = Table(data, "bundle", error=BadRequest)
     fmt = t.str("format")
     if fmt != FORMAT:
-        raise BadRequest(f"bundle.format: {fmt!r} is not {FORMAT!r}", code="bad_bundle")
+        raise BadRequest(f"bundle.format: {shown(fmt)} is not {FORMAT!r}", code="bad_bundle")
     if "signature" not in t:
         raise BadRequest("bundle.signature: the bundle is not signed", code="unsigned")
     selector = t.table("selector", required=True)
     bundle = Bundle(
         version=t.int("version", min=1, max=MAX_VERSION),  # SQLite's INTEGER holds it
         issued_at=t.str("issued_at"),
-        key_id=t.str("key_id"),
+        key_id=_key_id(t),
         devices=selector.str_list("devices", ()),
         tags=selector.str_list("tags", ()),
         config=t.str("config"),

@@ -7,13 +7,14 @@ outcome exactly when the box remembers it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from edged.audit.sink import AuditSink
 from edged.errors import EdgedError, InsufficientStorage
 from edged.store import Schema, Store
+from edged.sync.limit import CauseLimit, excerpt
 from edged.sync.queue import EVENT, OutboxQueue
 
 log = logging.getLogger(__name__)
@@ -54,21 +55,31 @@ class History:
         self._device_id = device_id
         self._audit = audit
         self._outbox = outbox
+        self._limit = CauseLimit()
 
     async def record(self, o: Outcome) -> None:
+        # What a refusal quotes comes from the bundle: only an excerpt is kept or sent.
+        o = replace(o, key_id=excerpt(o.key_id, 64), reason=excerpt(o.reason),
+                    code=excerpt(o.code, 64))
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {"type": "config." + o.outcome, "device_id": self._device_id, "at": at,
                  "version": o.version, "source": o.source, "actor": o.actor,
                  "key_id": o.key_id, "reason": o.reason, "code": o.code, **o.detail}
+        # Only refusals can come in a flood (anyone may send a forged bundle).
+        held = self._limit.admit(f"{o.code}") if o.outcome == "rejected" else 0
         async with self._store.transaction() as db:
             cur = await db.execute(
                 "INSERT INTO remote_history (at, version, outcome, source, actor, key_id, "
                 "code, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (at, o.version, o.outcome, o.source, o.actor, o.key_id, o.code, o.reason))
-            if self._outbox is not None:
+            if self._outbox is not None and held is None:
+                log.debug("config %s (%s) not reported to the cloud: over its rate",
+                          o.outcome, o.code)
+            elif self._outbox is not None:
                 key = f"config:{self._device_id}:{cur.lastrowid}:{o.outcome}:{o.version}"
                 try:
-                    await self._outbox.enqueue_in(db, EVENT, key, event)
+                    await self._outbox.enqueue_in(
+                        db, EVENT, key, {**event, "suppressed_before": held} if held else event)
                 except InsufficientStorage as e:
                     # A full outbox must not block (or fail) the config change itself;
                     # the history row still records it, and sync raises its own alert.

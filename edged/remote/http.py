@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from edged.api.body import read_body
 from edged.api.keys import PEER
 from edged.errors import PayloadTooLarge
 from edged.remote.component import RemoteComponent
@@ -29,8 +30,8 @@ class RemoteRoutes:
 
     async def _post(self, request: web.Request) -> web.Response:
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            raw = await read_body(request)
+        except PayloadTooLarge:
             raise PayloadTooLarge("bundle is larger than daemon.max_body",
                                   code="bundle_too_large") from None
         wait = _wants_wait(request)

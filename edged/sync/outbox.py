@@ -1,9 +1,12 @@
 """The outbox: one SQLite table of rows waiting for the cloud.
 
 Rows are queued inside the caller's transaction, so a ticket and the fact it records commit
-together. The outbox is bounded by ``sync.max_bytes``: when a new row does not fit, the
-oldest metric rollups go first; tickets, checkpoints and events are never dropped, a new
-one is refused with ``InsufficientStorage`` (507) instead. A per-class usage table, updated
+together. The outbox is bounded by ``sync.max_bytes``, in two classes: tickets and
+checkpoints may use all of it; events and metric rollups only what ``sync.reserved_bytes``
+leaves, so no flood of events can take the room a ticket needs. When a new row does not
+fit, the oldest events and rollups go first (and the alert says what went); tickets and
+checkpoints are never dropped, a new one is refused with ``InsufficientStorage`` (507)
+instead. An event is small (at most ``EVENT_MAX_BYTES``). A per-class usage table, updated
 in the same transactions as the rows, keeps the bound check cheap at 100,000 rows.
 """
 
@@ -27,8 +30,11 @@ from edged.sync.queue import CHECKPOINT, EVENT, METRICS, TICKET
 log = logging.getLogger(__name__)
 
 KINDS = (TICKET, CHECKPOINT, EVENT, METRICS)
-DROPPABLE = frozenset({METRICS})
+# What may be dropped (oldest first) to stay in bound, and may not use the reserved room.
+DROPPABLE = (EVENT, METRICS)
 URGENT = frozenset({TICKET, EVENT})
+# An event reports an outcome with a bounded excerpt of what caused it, never a payload.
+EVENT_MAX_BYTES = 4096
 
 SCHEMA = Schema("sync", (
     """
@@ -69,6 +75,17 @@ class Row:
         return json.loads(self.payload) if self.is_json else self.payload
 
 
+@dataclass(frozen=True)
+class Notice:
+    """What the outbox-full alert reports: a refused row, or rows dropped to make room."""
+
+    action: str  # refused | dropped
+    kind: str
+    rows: int
+    bytes: int
+    key: str | None = None  # the refused row's key
+
+
 @dataclass
 class Usage:
     """What the outbox holds, per class: rows, bytes, oldest row's creation time."""
@@ -97,8 +114,9 @@ class OutboxMetrics:
         self.oldest_age = Gauge("edged_outbox_oldest_age_seconds",
                                 "Age of the oldest queued row, by class", ["kind"],
                                 registry=registry)
-        self.dropped = Counter("edged_outbox_dropped", "Metric rollups dropped to stay in bound",
-                               ["kind"], registry=registry)
+        self.dropped = Counter("edged_outbox_dropped",
+                               "Events and metric rollups dropped to stay in bound", ["kind"],
+                               registry=registry)
         self.refused = Counter("edged_outbox_refused",
                                "Rows refused because the outbox was full", ["kind"],
                                registry=registry)
@@ -107,16 +125,19 @@ class OutboxMetrics:
 class Outbox:
     """Implements ``OutboxQueue``; also what the uploader reads and acknowledges."""
 
-    def __init__(self, store: Store, max_bytes: int, registry: CollectorRegistry) -> None:
+    def __init__(self, store: Store, max_bytes: int, registry: CollectorRegistry, *,
+                 reserved_bytes: int | None = None) -> None:
         self._store = store
         self.max_bytes = max_bytes
+        # room only tickets and checkpoints may use; a quarter of the bound unless set
+        self.reserved_bytes = max_bytes // 4 if reserved_bytes is None else reserved_bytes
         self.metrics = OutboxMetrics(registry)
         self.pending = asyncio.Event()  # set when a row is queued: wakes the uploader
         # Set with ``pending`` for a ticket or event: worth cutting a backoff wait short for.
         # Rollups and checkpoints come by the clock and wait for the backoff instead.
         self.urgent = False
         self.usage = Usage()
-        self.refusals: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue(maxsize=1000)
+        self.notices: asyncio.Queue[Notice] = asyncio.Queue(maxsize=1000)
         self.last_refused: float | None = None
         # True from a refusal until room is made (an ack) or a non-droppable row fits again.
         self.refusing = False
@@ -135,10 +156,18 @@ class Outbox:
             raise ValueError("an outbox row needs a non-empty idempotency key")
         is_json, body = encode(payload)
         size = len(body) + len(key) + ROW_OVERHEAD
-        exists, used = await _lookup(db, key)
+        if kind == EVENT and len(body) > EVENT_MAX_BYTES:
+            log.error("outbox: event %s is %d bytes (more than %d): not queued", key,
+                      len(body), EVENT_MAX_BYTES)
+            self._refuse(kind, key, size)
+            return
+        exists, used, shared = await _lookup(db, key)
         if exists:
             return
-        if used + size > self.max_bytes and not await self._make_room(db, kind, size, used):
+        excess = used + size - self.max_bytes
+        if kind in DROPPABLE:
+            excess = max(excess, shared + size - (self.max_bytes - self.reserved_bytes))
+        if excess > 0 and not await self._make_room(db, excess):
             self._refuse(kind, key, size)
             return
         await db.execute(
@@ -150,46 +179,52 @@ class Outbox:
         self.urgent = self.urgent or kind in URGENT
         self.pending.set()
 
-    async def _make_room(self, db: aiosqlite.Connection, kind: str, size: int,
-                         used: int) -> bool:
-        """Free enough room for ``size`` bytes by dropping the oldest rollups; False when
-        even that is not enough."""
-        excess = used + size - self.max_bytes
-        if await _bytes_of(db, METRICS) < excess:
+    async def _make_room(self, db: aiosqlite.Connection, excess: int) -> bool:
+        """Free ``excess`` bytes by dropping the oldest events and rollups (by age across
+        both); False, dropping nothing, when even all of them would not be enough."""
+        if sum([await _bytes_of(db, kind) for kind in DROPPABLE]) < excess:
             return False
-        await self._drop_oldest_rollups(db, excess)
+        candidates: list[tuple[int, str, int]] = []
+        for kind in DROPPABLE:  # each class's oldest rows, through the (kind, id) index
+            candidates += await _oldest(db, kind, excess)
+        freed, dropped = 0, {kind: [0, 0] for kind in DROPPABLE}
+        ids = []
+        for row_id, kind, size in sorted(candidates):
+            if freed >= excess:
+                break
+            ids.append(row_id)
+            freed += size
+            dropped[kind][0] += 1
+            dropped[kind][1] += size
+        await _delete_ids(db, ids)
+        for kind, (rows, size) in dropped.items():
+            if rows:
+                await _add_usage(db, kind, -rows, -size)
+                self.metrics.dropped.labels(kind).inc(rows)
+                self._notice(Notice("dropped", kind, rows, size))
+                log.warning("outbox full: dropped the %d oldest %s rows (%d bytes)", rows,
+                            kind, size)
         return True
 
-    async def _drop_oldest_rollups(self, db: aiosqlite.Connection, excess: int) -> None:
-        freed, ids = 0, []
-        async with db.execute(
-                "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id", (METRICS,)) as cur:
-            async for row in cur:
-                ids.append(row[0])
-                freed += row[1]
-                if freed >= excess:
-                    break
-        await _delete_ids(db, ids)
-        await _add_usage(db, METRICS, -len(ids), -freed)
-        self.metrics.dropped.labels(METRICS).inc(len(ids))
-        log.warning("outbox full: dropped the %d oldest metric rollups (%d bytes)", len(ids),
-                    freed)
+    def _notice(self, notice: Notice) -> None:
+        if not self.notices.full():
+            self.notices.put_nowait(notice)
 
     def _refuse(self, kind: str, key: str, size: int) -> None:
         self.metrics.refused.labels(kind).inc()
         if kind in DROPPABLE:
             self.metrics.dropped.labels(kind).inc()
-            log.warning("outbox full: dropped the new metric rollup %s", key)
+            self._notice(Notice("dropped", kind, 1, size, key))
+            log.warning("outbox full: dropped the new %s row %s", kind, key)
             return
         self.last_refused = time.time()
         self.refusing = True
         log.error("outbox full (%d bytes, sync.max_bytes): refused %s %s", self.max_bytes,
                   kind, key)
-        if not self.refusals.full():
-            self.refusals.put_nowait((kind, key, size))
+        self._notice(Notice("refused", kind, 1, size, key))
         raise InsufficientStorage(
-            f"the outbox is full (sync.max_bytes = {self.max_bytes} bytes of tickets, "
-            f"checkpoints and events waiting for the cloud); {kind} {key!r} was refused",
+            f"the outbox is full (sync.max_bytes = {self.max_bytes} bytes of tickets and "
+            f"checkpoints waiting for the cloud); {kind} {key!r} was refused",
             kind=kind, key=key)
 
     # -- reading and acknowledging (the uploader)
@@ -254,14 +289,30 @@ class Outbox:
             self.metrics.oldest_age.labels(kind).set(0 if oldest is None else now - oldest)
 
 
-async def _lookup(db: aiosqlite.Connection, key: str) -> tuple[bool, int]:
-    """Whether the key is queued already, and the bytes in use: one round trip to the
-    database thread, since queueing sits on every ticket's path."""
+async def _lookup(db: aiosqlite.Connection, key: str) -> tuple[bool, int, int]:
+    """Whether the key is queued already, the bytes in use, and those of the droppable
+    classes: one round trip to the database thread, since queueing sits on every ticket's
+    path."""
     async with db.execute("SELECT EXISTS (SELECT 1 FROM outbox WHERE key = ?), "
-                          "(SELECT total(bytes) FROM outbox_usage)", (key,)) as cur:
+                          "(SELECT total(bytes) FROM outbox_usage), "
+                          "(SELECT total(bytes) FROM outbox_usage WHERE kind IN (?, ?))",
+                          (key, *DROPPABLE)) as cur:
         row = await cur.fetchone()
     assert row is not None
-    return bool(row[0]), int(row[1])
+    return bool(row[0]), int(row[1]), int(row[2])
+
+
+async def _oldest(db: aiosqlite.Connection, kind: str, enough: int) -> list[tuple[int, str, int]]:
+    """(id, kind, size) of a class's oldest rows, until they add up to ``enough`` bytes."""
+    rows, total = [], 0
+    async with db.execute("SELECT id, size FROM outbox WHERE kind = ? ORDER BY id",
+                          (kind,)) as cur:
+        async for row_id, size in cur:
+            rows.append((row_id, kind, size))
+            total += size
+            if total >= enough:
+                break
+    return rows
 
 
 async def _bytes_of(db: aiosqlite.Connection, kind: str) -> int:

@@ -24,7 +24,7 @@ from edged.audit.sink import AuditSink
 from edged.config import Config
 from edged.sync.cloud import Cloud
 from edged.sync.config import SyncConfig
-from edged.sync.outbox import Outbox
+from edged.sync.outbox import Notice, Outbox
 from edged.sync.uploader import Uploader
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALERT_EVERY = 60.0
+ALERT_ROWS = 20  # refused rows named in one alert; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,15 @@ class SyncService:
 
     async def _replace(self, new: _Parts) -> None:
         old, self._parts = self._parts, new
-        self._bound(new.cfg.max_bytes)
+        self._bound(new.cfg.max_bytes, new.cfg.reserved_bytes)
         await self._retire(old)
 
-    def _bound(self, max_bytes: int) -> None:
+    def _bound(self, max_bytes: int, reserved_bytes: int) -> None:
         if max_bytes > self.outbox.max_bytes:
             # Room was made, as an ack makes it: the next row that does not fit says so again.
             self.outbox.refusing = False
         self.outbox.max_bytes = max_bytes
+        self.outbox.reserved_bytes = reserved_bytes
 
     async def _retire(self, old: _Parts) -> None:
         """Close the old session once a drain still using it (``sync now`` in flight) is
@@ -194,22 +196,35 @@ class SyncService:
             await parts.cloud.__aexit__(None, None, None)
 
     async def _alerts(self) -> None:
-        """Audit refused rows; refusals that pile up meanwhile go into one event."""
+        """Audit what the bound cost: refused rows, and rows dropped to make room; what
+        piles up meanwhile goes into one event."""
         while True:
-            refused = [await self.outbox.refusals.get()]
-            while not self.outbox.refusals.empty():
-                refused.append(self.outbox.refusals.get_nowait())
+            notices = [await self.outbox.notices.get()]
+            while not self.outbox.notices.empty():
+                notices.append(self.outbox.notices.get_nowait())
             if self._audit is None:
                 continue
-            data = {"refused": [{"kind": k, "key": key, "bytes": n} for k, key, n in refused],
-                    "max_bytes": self.outbox.max_bytes}
             try:
-                await self._audit.append("sync.outbox_full", "daemon", data)
+                await self._audit.append("sync.outbox_full", "daemon", self._alert(notices))
             except Exception:
                 log.exception("cannot audit the outbox-full alert")
             # At most one alert per interval: an alert is an audit record, whose checkpoint
             # the full outbox may refuse in turn, which would make another alert.
             await asyncio.sleep(ALERT_EVERY)
+
+    def _alert(self, notices: list[Notice]) -> dict[str, Any]:
+        refused = [n for n in notices if n.action == "refused"]
+        dropped: dict[str, dict[str, int]] = {}
+        for n in notices:
+            if n.action == "dropped":
+                tally = dropped.setdefault(n.kind, {"rows": 0, "bytes": 0})
+                tally["rows"] += n.rows
+                tally["bytes"] += n.bytes
+        return {"refused": [{"kind": n.kind, "key": n.key, "bytes": n.bytes}
+                            for n in refused[:ALERT_ROWS]],
+                "refused_rows": len(refused), "dropped": dropped,
+                "max_bytes": self.outbox.max_bytes,
+                "reserved_bytes": self.outbox.reserved_bytes}
 
     def health(self) -> dict[str, Any]:
         status = self.uploader.status()

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from edged.api.app import ApiState, build_app
 from edged.api.body import json_fields
+from edged.api.connection import Limits
 from edged.api.keys import PEER
 from edged.api.peer import RoleResolver
-from edged.api.server import ApiServer
+from edged.api.server import DEFAULT_LIMITS, ApiServer
 from edged.errors import QueueFull
 from edged.metrics import Metrics
 from tests.edgedtest import short_tmpdir
@@ -34,6 +35,7 @@ class Release:
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()
+        self.arrivals: asyncio.Queue[None] = asyncio.Queue()  # one per request that entered
         self.go = asyncio.Event()
 
 
@@ -63,6 +65,7 @@ class EchoRoutes:
 
     async def slow(self, request: web.Request) -> web.Response:
         self._release.entered.set()
+        self._release.arrivals.put_nowait(None)
         await self._release.go.wait()
         return web.json_response({"slow": "done"})
 
@@ -85,15 +88,16 @@ class Served:
 
 
 @asynccontextmanager
-async def serve() -> AsyncIterator[Served]:
+async def serve(limits: Limits = DEFAULT_LIMITS) -> AsyncIterator[Served]:
     """The app on a socket in a fresh folder; closed and removed afterwards."""
     folder = short_tmpdir()
     path = folder / "api.sock"
     state, metrics, release = ApiState(), Metrics(), Release()
-    server = ApiServer(None, state, path, 0o660)
+    server = ApiServer(None, state, path, 0o660, limits)
     server.claim()
     server.app = build_app(resolver=RoleResolver(("edged-admin",), ("edged",)), metrics=metrics,
-                           max_body=MAX_BODY, state=state, providers=[EchoRoutes(release)])
+                           max_body=MAX_BODY, state=state, providers=[EchoRoutes(release)],
+                           read_timeout=limits.read_timeout)
     await server.start()
     session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)))
     try:

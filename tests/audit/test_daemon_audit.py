@@ -76,9 +76,11 @@ def test_prompts_stay_out_of_the_log(daemon: RunningDaemon) -> None:
     with pytest.raises(ApiError) as refused:
         daemon.client.post("/v1/chat/completions", body)
     assert refused.value.status == 404
-    records = exported(daemon.state_dir, "--kind", "api.request")
+    records = exported(daemon.state_dir, "--kind", "api.request", "--kind", "api.response")
     mine = [e for e in records if e["data"].get("model") == "tiny"]
-    assert mine and mine[-1]["data"]["model"] == "tiny" and mine[-1]["data"]["status"] == 404
+    assert mine and mine[-1]["kind"] == "api.request" and "status" not in mine[-1]["data"]
+    outcome = [e for e in records if e["data"].get("request_seq") == mine[-1]["seq"]]
+    assert [e["data"]["status"] for e in outcome] == [404]
     assert "SECRET-PROMPT-42" not in json.dumps(records)
     for _, segment in list_segments(daemon.state_dir / "audit"):
         assert b"SECRET-PROMPT-42" not in segment.read_bytes()
@@ -161,7 +163,8 @@ def test_prompts_are_recorded_when_configured(short_tmp: Path) -> None:
     messages = [{"role": "user", "content": "PROMPT-OK-7"}]
     with running(config, state) as d, pytest.raises(ApiError, match="tiny"):
         d.client.post("/v1/chat/completions", {"model": "tiny", "messages": messages})
-    records = [e for e in exported(state, "--kind", "api.request") if e["data"]["status"] == 404]
+    records = [e for e in exported(state, "--kind", "api.request")
+               if e["data"].get("route") == "/v1/chat/completions"]
     assert records[-1]["data"]["prompt_messages"] == messages
     for _, segment in list_segments(state / "audit"):
         assert b"PROMPT-OK-7" not in segment.read_bytes()  # encrypted all the same
