@@ -72,6 +72,21 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
                       "selector": st.one_of(VALUES, st.fixed_dictionaries(
                           {"devices": VALUES})), "config": VALUES, "signature": VALUES},
     "/admin/sync": {"x": VALUES},
+    "/v1/responses": {
+        "model": st.one_of(st.just("gemma3-270m"), TEXT, VALUES),
+        "input": st.one_of(TEXT, st.lists(st.one_of(MESSAGE, st.fixed_dictionaries({
+            "type": st.sampled_from(["function_call", "function_call_output", "reasoning",
+                                     "message"])}, optional={
+            "call_id": VALUES, "name": VALUES, "arguments": VALUES, "output": VALUES})),
+            max_size=3), VALUES),
+        "instructions": st.one_of(TEXT, VALUES), "tools": st.one_of(st.lists(
+            st.fixed_dictionaries({"type": st.one_of(st.just("function"), VALUES)},
+                                  optional={"name": VALUES, "parameters": VALUES}),
+            max_size=2), VALUES),
+        "tool_choice": VALUES, "text": st.one_of(VALUES, st.fixed_dictionaries(
+            {"format": RESPONSE_FORMAT})), "previous_response_id": st.one_of(TEXT, VALUES),
+        "max_output_tokens": SMALL_TOKENS, "stream": VALUES, "store": VALUES},
+    "/admin/approvals/A-0000000000": {"approve": VALUES},
 }
 
 

@@ -14,7 +14,7 @@ from tests.fuzz.wire import http, send
 
 ROUTES = sorted(FIELDS)
 GETS = ["/health", "/metrics", "/v1/models", "/v1/models/gemma3-270m", "/v1/agents",
-        "/admin/ps", "/admin/config", "/admin/audit/verify"]
+        "/admin/ps", "/admin/config", "/admin/audit/verify", "/admin/approvals"]
 
 
 def test_bodies(fuzzed: RunningDaemon) -> None:
