@@ -87,6 +87,9 @@ class Approvals:
                                          {"id": req.id, "tool": req.tool})
                 return "expired"
             return future.result() if future.done() else "expired"
+        except asyncio.CancelledError:  # the person left: nobody waits for a decision now
+            await asyncio.shield(self._settle(req.id, "expired", None))
+            raise
         finally:
             self._waiting.pop(req.id, None)
 

@@ -132,3 +132,4 @@ def test_approval_must_name_the_agents_tools(module_tmp: Path) -> None:
     d = start_daemon(config, state_dir=module_tmp / "bad", expect_ready=False)
     assert d.proc.wait(120) == 78
     assert "agents.kiosk.approval.book_appointment: not one of this agent's tools" in d.log()
+
