@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edged.cli import config_for
+from edged.cli_context import config_for
 from edged.config import load_config
 from edged.errors import ConfigError, EdgedError
 from edged.remote.component import RemoteComponent
