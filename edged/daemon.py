@@ -40,6 +40,7 @@ from edged.models.manager import ModelManager
 from edged.models.memory import budget_bytes, read_memory_facts
 from edged.models.onnx_backend import OnnxBackend
 from edged.models.power import PowerMonitor
+from edged.models.remotes import RemoteModels
 from edged.notify import Notifier
 from edged.remote.component import RemoteComponent
 from edged.remote.reload import ReloadTarget
@@ -147,8 +148,15 @@ class Daemon:
         wiring.reloadable.append(ReloadTarget("models", ("models", "budget"), models))
         wiring.reloadable.append(ReloadTarget("power", ("power",), power))
         wiring.health["power"] = power.health
-        wiring.routes.append(ModelRoutes(models))
+        remotes = RemoteModels(cfg.remote, registry=self.metrics.registry, audit=audit,
+                               log_prompts=self.config.audit.log_prompts)
+        wiring.background.append(("remote-models", remotes.run))
+        wiring.reloadable.append(ReloadTarget("remote-models", ("models",), remotes))
+        wiring.health["remote_models"] = remotes.health
+        wiring.routes.append(ModelRoutes(models, remotes))
         wiring.status.append(models.status_line)
+        if cfg.remote:
+            wiring.status.append(remotes.status_line)
         return models
 
     async def _open_audit(self, stack: AsyncExitStack, wiring: Wiring,
