@@ -35,6 +35,8 @@ from edged.config import Config
 from edged.metrics import Metrics
 from edged.models.api import ModelRoutes
 from edged.models.catalog import Catalog
+from edged.models.contract import Inference
+from edged.models.hybrid import HybridInference
 from edged.models.llama_backend import LlamaBackend
 from edged.models.manager import ModelManager
 from edged.models.memory import budget_bytes, read_memory_facts
@@ -105,11 +107,12 @@ class Daemon:
         wiring.reloadable.append(ReloadTarget("sync", ("sync",), sync))
         wiring.health["store"] = store.health  # a corrupt database moved aside (edged/salvage.py)
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
-        models = await self._build_models(wiring, audit)
-        # -- agents (edged/agents): the agent runtime and its API routes
+        models, hybrid = await self._build_models(wiring, audit)
+        # -- agents (edged/agents): the agent runtime and its API routes; local and remote
+        # aliases alike (HybridInference refuses remote ones to a phi agent)
         agents = await build_agent_runtime(
-            cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=models, audit=audit,
-            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(models))
+            cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=hybrid, audit=audit,
+            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(hybrid))
         wiring.routes.append(AgentRoutes(agents))
         wiring.health["agents"] = agents.health
         wiring.background.append(("agents", agents.run))
@@ -125,7 +128,7 @@ class Daemon:
         del cfg
         return wiring
 
-    def _encoder(self, models: ModelManager) -> Encoder:
+    def _encoder(self, models: Inference) -> Encoder:
         """The agents' sentence encoder: the alias ``agents.encoder`` names, its example
         vectors cached under the model cache by the weights' hash."""
         alias = self.config.agents.encoder
@@ -133,7 +136,8 @@ class Daemon:
         identity = f"{alias}:{spec.sha256 if spec else ''}"
         return Encoder(models, alias, identity, self.config.models.cache_dir / "vectors")
 
-    async def _build_models(self, wiring: Wiring, audit: AuditSink) -> ModelManager:
+    async def _build_models(self, wiring: Wiring, audit: AuditSink
+                            ) -> tuple[ModelManager, HybridInference]:
         cfg = self.config.models
         power = PowerMonitor(cfg.power, self.metrics.registry, audit)
         await power.refresh()  # the first load and /health at READY already see the profile
@@ -157,7 +161,7 @@ class Daemon:
         wiring.status.append(models.status_line)
         if cfg.remote:
             wiring.status.append(remotes.status_line)
-        return models
+        return models, HybridInference(models, remotes)
 
     async def _open_audit(self, stack: AsyncExitStack, wiring: Wiring,
                           outbox: OutboxQueue) -> AuditLog:

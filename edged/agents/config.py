@@ -34,6 +34,10 @@ class AgentSpec:
     kits: tuple[str, ...]  # the kits whose tools this agent uses
     options: Mapping[str, Any]  # kit name -> that kit's parsed options for this agent
     portal_key: Path | None  # HMAC key of signed portal tokens (default <keys>/portal.key)
+    # Who writes the reply: "never" the agent's own model; "always" escalation_model
+    # (a bigger one, local or remote). Never remote for a phi agent (edged/config.py).
+    escalate: str = "never"
+    escalation_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,21 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions]) -> AgentSp
         model_reply=t.bool("model_reply", False),  # measured: no better than templates
         reply_max_tokens=t.int("reply_max_tokens", 48, min=8, max=512),
         portal_key=t.path("portal_key", None),
+        escalate=t.choice("escalate", ESCALATE, "never"),
+        escalation_model=t.str("escalation_model", None),
         kits=used,
         options=MappingProxyType({k: kits[k].parse_options(t) for k in used}),
     )
     t.done()
+    if spec.escalate != "never" and spec.escalation_model is None:
+        raise ConfigError(f"{t.key('escalation_model')}: escalate = {spec.escalate!r} needs "
+                          "the alias of the model to escalate to")
     if spec.examples_file is not None and not spec.examples_file.is_file():
         raise ConfigError(f"{t.key('examples_file')}: {spec.examples_file} is not a file")
     return spec
 
 
+ESCALATE = ("never", "always")
 _TOP_KEYS = ("data_dir", "session_ttl", "session_key", "encoder")
 
 

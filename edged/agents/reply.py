@@ -32,15 +32,18 @@ class ReplyWriter:
         facts = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
         if not facts:
             return "Done.", "template"
-        if not spec.model_reply or self._models is None:
+        escalated = spec.escalate == "always" and spec.escalation_model is not None
+        if not (spec.model_reply or escalated) or self._models is None:
             return facts, "template"
         if facts.rstrip().endswith("?"):
             return facts, "template"  # a clarifying question is asked as the tool put it
+        model = spec.escalation_model if escalated and spec.escalation_model else spec.model
         try:
-            gen = await self._models.chat(spec.model, [{"role": "user", "content": _prompt(
+            gen = await self._models.chat(model, [{"role": "user", "content": _prompt(
                 spec, text, facts)}], GenerateParams(
                     max_tokens=spec.reply_max_tokens, temperature=0.2, stop=("\n",),
-                    priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL))
+                    priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL,
+                    local_only=spec.phi, origin=f"agent:{spec.name}"))
         except EdgedError as e:
             log.warning("agent %s: the model could not write the reply: %s", spec.name,
                         e.message)

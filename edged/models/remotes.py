@@ -76,6 +76,9 @@ class RemoteModels:
         try:
             await asyncio.Future()
         finally:
-            # A retired alias still serving a call is closed here, at the latest.
-            for m in [*self._models.values(), *self._retired]:
-                await m.aclose()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        # A retired alias still serving a call is closed here, at the latest.
+        for m in [*self._models.values(), *self._retired]:
+            await m.aclose()

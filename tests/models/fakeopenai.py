@@ -3,7 +3,8 @@
 Each remote alias under test gets its own prefix (``http://127.0.0.1:PORT/<name>/v1``) and
 its own mode: ok, 400, 500, stall, garbage, reset (a stream broken after two tokens), cut
 (the connection closed before the answer or its first token), stall_mid (a stream that
-stops sending after two tokens). Every request body it received is kept, so a test can
+stops sending after two tokens), facts (answers with the Facts line of an agent's
+prompt). Every request body it received is kept, so a test can
 read what left the box.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-MODES = ("ok", "500", "stall", "garbage", "reset", "cut", "stall_mid", "400")
+MODES = ("ok", "500", "stall", "garbage", "reset", "cut", "stall_mid", "400", "facts")
 
 
 class FakeOpenAI:
@@ -72,6 +73,9 @@ class FakeOpenAI:
         if mode == "garbage":
             return web.Response(text="<html>proxy error</html>", content_type="text/html")
         words = ["Hello", " from", " the", " back", " room", "."]
+        if mode == "facts":  # a good model: the facts it was given, in one sentence
+            prompt = str(body["messages"][-1]["content"])
+            words = [prompt.split("Facts: ", 1)[-1].split("\n", 1)[0]]
         if mode == "cut" and not body.get("stream"):  # the connection drops, no answer
             _abort(request)
             return web.Response()
