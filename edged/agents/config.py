@@ -34,8 +34,9 @@ class AgentSpec:
     kits: tuple[str, ...]  # the kits whose tools this agent uses
     options: Mapping[str, Any]  # kit name -> that kit's parsed options for this agent
     portal_key: Path | None  # HMAC key of signed portal tokens (default <keys>/portal.key)
-    # Who writes the reply: "never" the agent's own model; "always" escalation_model
-    # (a bigger one, local or remote). Never remote for a phi agent (edged/config.py).
+    # "always": escalation_model (a bigger one, local or remote) writes every reply;
+    # "low_confidence": it answers the turns the router cannot place. Never remote for a
+    # phi agent (edged/config.py).
     escalate: str = "never"
     escalation_model: str | None = None
 
@@ -90,7 +91,7 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions]) -> AgentSp
     return spec
 
 
-ESCALATE = ("never", "always")
+ESCALATE = ("never", "low_confidence", "always")
 _TOP_KEYS = ("data_dir", "session_ttl", "session_key", "encoder")
 
 

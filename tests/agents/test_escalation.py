@@ -42,6 +42,8 @@ def fake() -> Iterator[tuple[FakeOpenAI, Callable[[Any], Any]]]:
 def daemon(module_tmp: Path, fake: tuple[FakeOpenAI, Any]) -> Iterator[RunningDaemon]:
     config = agents_config(module_tmp / "st", model=False,
                            kiosk={"escalate": "always", "escalation_model": "big"})
+    # The same kiosk, escalating only what its router cannot place.
+    config["agents"]["desk"] = {**config["agents"]["kiosk"], "escalate": "low_confidence"}
     config["models"]["big"] = _big(fake[0])
     d = start_daemon(config, state_dir=module_tmp / "st")
     yield d
@@ -69,11 +71,35 @@ def test_always_escalates_the_reply_and_keeps_a_checked_one(
     assert "back room" not in body["reply"]
 
 
+def test_low_confidence_escalates_only_what_the_router_cannot_place(
+        daemon: RunningDaemon, fake: tuple[FakeOpenAI, Any]) -> None:
+    stand_in = fake[0]
+    stand_in.modes["big"] = "ok"
+    before = stand_in.hits("big")
+    routed = daemon.client.post("/v1/agents/desk/chat",
+                                {"message": "Do you have the Pixel 9 in stock?"})
+    assert routed["actions"][0]["tool"] == "check_inventory"
+    assert routed["reply_by"] == "template" and stand_in.hits("big") == before
+    unsure = daemon.client.post("/v1/agents/desk/chat",
+                                {"message": "explain refresh rates to me"})
+    assert unsure["actions"] == [] and unsure["reply_by"] == "model"
+    assert unsure["reply"] == "Hello from the back room."
+    assert stand_in.hits("big") == before + 1
+    sent = stand_in.received["big"][-1]["messages"]
+    assert sent[-1]["content"] == "explain refresh rates to me"
+    # The server down and no fallback: the agent asks to rephrase, as without escalation.
+    stand_in.modes["big"] = "500"
+    down = daemon.client.post("/v1/agents/desk/chat",
+                              {"message": "explain refresh rates to me"})
+    assert down["reply_by"] == "template" and down["actions"] == []
+    stand_in.modes["big"] = "ok"
+
+
 def test_escalated_calls_are_audited_as_the_agent(daemon: RunningDaemon) -> None:
     out = cli("audit", "export", "--state-dir", str(daemon.state_dir), "--kind", "model.remote")
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
-    assert records and all(r["actor"] == "agent:kiosk" for r in records)
+    assert records and {r["actor"] for r in records} <= {"agent:kiosk", "agent:desk"}
     assert all(r["data"]["model"] == "big" for r in records)
 
 
