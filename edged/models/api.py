@@ -111,9 +111,9 @@ class ModelRoutes:
     def _local_only(self, body: dict[str, Any], route: str) -> None:
         alias = body.get("model")
         if self._remote(alias) is not None:
-            raise BadRequest(f"model: {alias!r} is a remote alias; {route} is served for "
-                             "local models only (use /v1/chat/completions)",
-                             code="remote_unsupported")
+            raise BadRequest(f"model: {alias!r} is a remote alias; {route} is for local "
+                             "models only (a remote one takes /v1/chat/completions and "
+                             "/v1/embeddings)", code="remote_unsupported")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await json_object(request)
@@ -166,6 +166,7 @@ class ModelRoutes:
         body = await json_object(request)
         self._local_only(body, "/v1/responses")
         req = parse_response(body, self._responses, self._tool_rounds)
+        request[SERVED_BY] = req.chat.model
         events = ResponseEvents(req, self.output(req.chat), self._responses)
         chat = req.chat
         if chat.stream:
@@ -188,6 +189,7 @@ class ModelRoutes:
         body = await json_object(request)
         self._local_only(body, "/v1/completions")
         req = parse_completion(body)
+        request[SERVED_BY] = req.model
         ident = f"cmpl-{secrets.token_hex(12)}"
         if req.stream:
             stream = self._models.stream(req.model, req.prompt, req.params)
@@ -242,6 +244,7 @@ class ModelRoutes:
         body = await json_object(request)
         self._local_only(body, "/v1/classify")
         req = parse_embedding(body)
+        request[SERVED_BY] = req.model
         scores, labels = await self._models.classify_labeled(req.model, req.texts)
         data = []
         for i, row in enumerate(scores):
@@ -267,10 +270,14 @@ class ModelRoutes:
         pin = body.get("pin", False)
         if not isinstance(pin, bool):
             raise BadRequest(f"pin: expected true or false, got {pin!r}")
-        return web.json_response(await self._models.load(request.match_info["alias"], pin=pin))
+        alias = request.match_info["alias"]
+        self._local_only({"model": alias}, "loading")
+        return web.json_response(await self._models.load(alias, pin=pin))
 
     async def unload(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._models.unload(request.match_info["alias"]))
+        alias = request.match_info["alias"]
+        self._local_only({"model": alias}, "unloading")
+        return web.json_response(await self._models.unload(alias))
 
 
 def _query_number(request: web.Request, name: str) -> float | None:

@@ -299,10 +299,12 @@ class RemoteStream:
         try:
             head = await self._head()
         except BaseException as e:
-            await self.aclose(e)
-            if isinstance(e, httpx.HTTPError | TimeoutError):
-                raise m._transport_failure(e) from None
-            raise
+            error = m._transport_failure(e) if isinstance(e, httpx.HTTPError | TimeoutError) \
+                else e
+            await self.aclose(error)  # the audit record names the failure, not httpx's type
+            if error is e:
+                raise
+            raise error from None
         m._succeeded(self._rec)
         return head
 

@@ -379,3 +379,18 @@ def test_completions_and_responses_say_remote_is_unsupported(http: httpx.Client)
     assert r.status_code == 400 and r.json()["error"]["code"] == "remote_unsupported"
     r = http.post("/v1/responses", json={"model": "flaky", "input": "x"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    r = http.post("/admin/models/flaky/load", json={})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "remote_unsupported"
+    assert http.post("/v1/completions", json={"model": "g", "prompt": "Hi", "max_tokens": 2}
+                     ).headers["x-edged-served-by"] == "g"
+
+
+def test_a_failed_stream_start_is_audited_with_its_reason(
+        daemon: RunningDaemon, http: httpx.Client, fake: tuple[FakeOpenAI, Any]) -> None:
+    fake[0].modes["nofb"] = "stall"
+    resp, _events = stream(http, "nofb")
+    assert resp.status_code == 503
+    out = cli("audit", "export", "--state-dir", str(daemon.state_dir), "--kind", "model.remote")
+    records = [json.loads(line)["data"] for line in out.stdout.splitlines()]
+    last = [r for r in records if r["model"] == "nofb"][-1]
+    assert last["outcome"] == "timeout" and last["stream"] is True
