@@ -394,3 +394,19 @@ def test_a_failed_stream_start_is_audited_with_its_reason(
     records = [json.loads(line)["data"] for line in out.stdout.splitlines()]
     last = [r for r in records if r["model"] == "nofb"][-1]
     assert last["outcome"] == "timeout" and last["stream"] is True
+
+
+def test_with_log_prompts_the_audit_has_what_was_sent(
+        edged: Callable[..., RunningDaemon], fake: tuple[FakeOpenAI, Any]) -> None:
+    """Its own daemon: audit.log_prompts on, one remote alias and no local model."""
+    fake[0].modes["logged"] = "ok"
+    d = edged({"audit": {"log_prompts": True}, "models": {"logged": {
+        "format": "openai", "base_url": fake[0].url("logged"), "model": "m"}}})
+    d.client.post("/v1/chat/completions", {"model": "logged", "messages": [
+        {"role": "user", "content": "reach me at kim@example.org about order 77"}]})
+    out = cli("audit", "export", "--state-dir", str(d.state_dir), "--kind", "model.remote")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout.splitlines()[-1])["data"]
+    assert data["sent"] == [{"role": "user", "content": "reach me at [email] about order 77"}]
+    assert data["redactions"] == {"email": 1}
+    assert "kim@example.org" not in out.stdout
