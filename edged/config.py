@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.agents.config import AgentsConfig, parse_agents
+from edged.agents.config import AgentsConfig, AgentSpec, parse_agents
 from edged.agents.kit import discover as discover_kits
 from edged.audit.config import AuditConfig, parse_audit
 from edged.errors import ConfigError
@@ -161,15 +161,39 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None,
 
 def _check_cross_references(cfg: Config) -> None:
     encoder = cfg.agents.encoder
+    remote = cfg.models.remote
+    if encoder in remote:
+        raise ConfigError(f"agents.encoder: {encoder!r} is a remote model; the encoder reads "
+                          "every turn (a phi agent's too) and must be local")
     if encoder is not None and encoder not in cfg.models.catalog:
         raise ConfigError(f"agents.encoder: {encoder!r} is not a model alias "
                           f"(known: {', '.join(sorted(cfg.models.catalog)) or 'none'})")
     for name, agent in cfg.agents.agents.items():
         if agent.kind == "front" and not agent.model:
             continue  # a front desk only routes: its members' models answer
+        if agent.model in remote:
+            raise ConfigError(f"agents.{name}.model: {agent.model!r} is a remote model; an "
+                              "agent's own model is local (a bigger one goes in "
+                              "escalation_model)")
         if agent.model not in cfg.models.catalog:
             raise ConfigError(f"agents.{name}.model: {agent.model!r} is not a model alias "
                               f"(known: {', '.join(sorted(cfg.models.catalog)) or 'none'})")
+        _check_escalation(cfg, name, agent)
+
+
+def _check_escalation(cfg: Config, name: str, agent: AgentSpec) -> None:
+    """An agent with phi = true never uses a non-local model."""
+    target = agent.escalation_model
+    if target is None:
+        return
+    known = set(cfg.models.catalog) | set(cfg.models.remote)
+    if target not in known:
+        raise ConfigError(f"agents.{name}.escalation_model: {target!r} is not a model alias "
+                          f"(known: {', '.join(sorted(known)) or 'none'})")
+    if agent.phi and target in cfg.models.remote:
+        raise ConfigError(f"agents.{name}.escalation_model: {target!r} is a remote model, and "
+                          f"agent {name!r} has phi = true: protected health information never "
+                          "leaves the box")
 
 
 def parse_toml_text(text: str, *, source: Path | None = None,

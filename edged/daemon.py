@@ -36,12 +36,15 @@ from edged.audit.sink import AuditSink
 from edged.config import Config
 from edged.metrics import Metrics
 from edged.models.catalog import Catalog
+from edged.models.contract import Inference
 from edged.models.http import ModelRoutes
+from edged.models.hybrid import HybridInference
 from edged.models.llama_backend import LlamaBackend
 from edged.models.manager import ModelManager
 from edged.models.memory import budget_bytes, read_memory_facts
 from edged.models.onnx_backend import OnnxBackend
 from edged.models.power import PowerMonitor
+from edged.models.remotes import RemoteModels
 from edged.notify import Notifier
 from edged.remote.component import RemoteComponent
 from edged.remote.http import RemoteRoutes
@@ -113,17 +116,18 @@ class Daemon:
         wiring.reloadable.append(ReloadTarget("sync", ("sync",), sync))
         wiring.health["store"] = store.health  # a corrupt database moved aside (edged/salvage.py)
         # -- models (edged/models): `models`, an Inference; the manager and its API routes
-        models = await self._build_models(wiring, audit)
+        models, hybrid = await self._build_models(wiring, audit)
         # -- tools (edged/tools): MCP tool servers and HTTP tools, for the agents
         tools = await stack.enter_async_context(ExternalTools(cfg.tools))
         wiring.background.append(("tools", tools.run))
         wiring.health["tools"] = tools.health
         wiring.status.append(tools.status_line)
         wiring.before_ready.append(tools.listed)
-        # -- agents (edged/agents): the agent runtime and its API routes
+        # -- agents (edged/agents): the agent runtime and its API routes; local and remote
+        # aliases alike (HybridInference refuses remote ones to a phi agent)
         agents = await build_agent_runtime(
-            cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=models, audit=audit,
-            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(models),
+            cfg.agents, keys_dir=cfg.daemon.keys_dir, store=store, models=hybrid, audit=audit,
+            outbox=outbox, registry=self.metrics.registry, encoder=self._encoder(hybrid),
             extra=tools)
         wiring.routes.append(AgentRoutes(agents))
         wiring.health["agents"] = agents.health
@@ -141,7 +145,7 @@ class Daemon:
         del cfg
         return wiring
 
-    def _encoder(self, models: ModelManager) -> Encoder:
+    def _encoder(self, models: Inference) -> Encoder:
         """The agents' sentence encoder: the alias ``agents.encoder`` names, its example
         vectors cached under the model cache by the weights' hash."""
         alias = self.config.agents.encoder
@@ -149,7 +153,8 @@ class Daemon:
         identity = f"{alias}:{spec.sha256 if spec else ''}"
         return Encoder(models, alias, identity, self.config.models.cache_dir / "vectors")
 
-    async def _build_models(self, wiring: Wiring, audit: AuditSink) -> ModelManager:
+    async def _build_models(self, wiring: Wiring, audit: AuditSink
+                            ) -> tuple[ModelManager, HybridInference]:
         cfg = self.config.models
         power = PowerMonitor(cfg.power, self.metrics.registry, audit)
         await power.refresh()  # the first load and /health at READY already see the profile
@@ -164,9 +169,16 @@ class Daemon:
         wiring.reloadable.append(ReloadTarget("models", ("models", "budget"), models))
         wiring.reloadable.append(ReloadTarget("power", ("power",), power))
         wiring.health["power"] = power.health
-        wiring.routes.append(ModelRoutes(models))
+        remotes = RemoteModels(cfg.remote, registry=self.metrics.registry, audit=audit,
+                               log_prompts=self.config.audit.log_prompts)
+        wiring.background.append(("remote-models", remotes.run))
+        wiring.reloadable.append(ReloadTarget("remote-models", ("models",), remotes))
+        wiring.health["remote_models"] = remotes.health
+        wiring.routes.append(ModelRoutes(models, remotes))
         wiring.status.append(models.status_line)
-        return models
+        if cfg.remote:
+            wiring.status.append(remotes.status_line)
+        return models, HybridInference(models, remotes)
 
     async def _open_audit(self, stack: AsyncExitStack, wiring: Wiring,
                           outbox: OutboxQueue) -> AuditLog:

@@ -41,6 +41,11 @@ class AgentSpec:
     planner: str = "router"  # router | model (the chat model proposes the tool call)
     kind: str = "agent"  # agent | front (a front desk that hands each turn to a member)
     members: tuple[str, ...] = ()  # a front desk's agents
+    # "always": escalation_model (a bigger one, local or remote) writes every reply;
+    # "low_confidence": it answers the turns the router cannot place. Never remote for a
+    # phi agent (edged/config.py).
+    escalate: str = "never"
+    escalation_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
         model_reply=t.bool("model_reply", False),  # measured: no better than templates
         reply_max_tokens=t.int("reply_max_tokens", 48, min=8, max=512),
         portal_key=t.path("portal_key", None),
+        escalate=t.choice("escalate", ESCALATE, "never"),
+        escalation_model=t.str("escalation_model", None),
         kits=used,
         options=MappingProxyType({k: kits[k].parse_options(t) for k in used}),
         approval=MappingProxyType(_approval(t, tools)),
@@ -97,6 +104,9 @@ def _parse_agent(name: str, t: Table, kits: Mapping[str, KitOptions],
     if kind == "front" and not spec.members:
         raise ConfigError(f"{t.key('members')}: a front desk needs its member agents")
     t.done()
+    if spec.escalate != "never" and spec.escalation_model is None:
+        raise ConfigError(f"{t.key('escalation_model')}: escalate = {spec.escalate!r} needs "
+                          "the alias of the model to escalate to")
     if spec.examples_file is not None and not spec.examples_file.is_file():
         raise ConfigError(f"{t.key('examples_file')}: {spec.examples_file} is not a file")
     return spec
@@ -114,6 +124,7 @@ def _approval(t: Table, tools: tuple[str, ...]) -> dict[str, str]:
     return dict(raw)
 
 
+ESCALATE = ("never", "low_confidence", "always")
 _TOP_KEYS = ("data_dir", "session_ttl", "session_key", "encoder")
 
 

@@ -32,15 +32,18 @@ class ReplyWriter:
         facts = " ".join(str(a["result"].get("summary", "")) for a in actions).strip()
         if not facts:
             return "Done.", "template"
-        if not spec.model_reply or self._models is None:
+        escalated = spec.escalate == "always" and spec.escalation_model is not None
+        if not (spec.model_reply or escalated) or self._models is None:
             return facts, "template"
         if facts.rstrip().endswith("?"):
             return facts, "template"  # a clarifying question is asked as the tool put it
+        model = spec.escalation_model if escalated and spec.escalation_model else spec.model
         try:
-            gen = await self._models.chat(spec.model, [{"role": "user", "content": _prompt(
+            gen = await self._models.chat(model, [{"role": "user", "content": _prompt(
                 spec, text, facts)}], GenerateParams(
                     max_tokens=spec.reply_max_tokens, temperature=0.2, stop=("\n",),
-                    priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL))
+                    priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL,
+                    local_only=spec.phi, origin=f"agent:{spec.name}"))
         except EdgedError as e:
             log.warning("agent %s: the model could not write the reply: %s", spec.name,
                         e.message)
@@ -50,6 +53,38 @@ class ReplyWriter:
             return candidate, "model"
         log.debug("agent %s: model reply %r not used", spec.name, candidate[:200])
         return facts, "template"
+
+
+    async def escalate(self, spec: AgentSpec, text: str) -> str | None:
+        """``escalate = "low_confidence"``: a turn the router could not place is answered in
+        words by ``escalation_model`` (no tool runs). Kept only if it is whole and has no
+        number the request did not have; otherwise None, and the agent asks to rephrase."""
+        if spec.escalate != "low_confidence" or spec.escalation_model is None \
+                or self._models is None:
+            return None
+        try:
+            gen = await self._models.chat(spec.escalation_model, [
+                {"role": "system", "content": f"{spec.instructions}\n{_NO_ACTIONS}"},
+                {"role": "user", "content": text}], GenerateParams(
+                    max_tokens=ESCALATED_TOKENS, temperature=0.2,
+                    priority=PRIORITY_HIGH if spec.phi else PRIORITY_NORMAL,
+                    local_only=spec.phi, origin=f"agent:{spec.name}"))
+        except EdgedError as e:
+            log.warning("agent %s: the escalation model could not answer: %s", spec.name,
+                        e.message)
+            return None
+        candidate = gen.text.strip()
+        invented = set(_NUM.findall(candidate)) - set(_NUM.findall(text))
+        if gen.finish_reason != "stop" or not candidate or invented:
+            log.debug("agent %s: escalated answer %r not used", spec.name, candidate[:200])
+            return None
+        return candidate
+
+
+ESCALATED_TOKENS = 256
+_NO_ACTIONS = ("Answer in a few sentences. You cannot look anything up, check stock or "
+               "prices, book or order anything here; never state a price, a stock level or "
+               "a time.")
 
 
 def _prompt(spec: AgentSpec, text: str, facts: str) -> str:

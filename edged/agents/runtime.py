@@ -491,6 +491,10 @@ class AgentRuntime:
         state["misses"] = int(state.get("misses", 0)) + 1
         handoff = agent.handoff
         if state["misses"] < 2 or handoff is None:
+            answer = await self._writer.escalate(agent.spec, text)  # escalate = low_confidence
+            if answer is not None:
+                state["misses"] = 0
+                return Turn(session.id, answer, [], None, route_ms, reply_by="model")
             return Turn(session.id, _clarify(agent), [], None, route_ms)
         state["misses"] = 0
         toolset = agent.tools[handoff][1]

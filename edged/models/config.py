@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edged.errors import ConfigError
 from edged.models.chat_format import FORMATS
+from edged.models.remote_config import RemoteSpec, is_remote, parse_remote_spec
 from edged.tomlreader import Table
 
 PROFILE_NAMES = ("ac", "battery", "low_battery", "hot")
@@ -97,6 +98,8 @@ class ModelsConfig:
     cache_dir: Path
     budget: BudgetConfig
     power: PowerConfig
+    # Remote aliases (format = "openai"): never in the catalog, never charged to the budget.
+    remote: dict[str, RemoteSpec] = field(default_factory=dict)
 
 
 def _parse_spec(alias: str, t: Table) -> ModelSpec:
@@ -204,15 +207,21 @@ def parse_models(root: Table, state_dir: Path) -> ModelsConfig:
     default = models_t.str("default", None)
     cache_dir = models_t.path("cache_dir", state_dir / "models")
     catalog: dict[str, ModelSpec] = {}
+    remote: dict[str, RemoteSpec] = {}
     for alias in list(models_t.keys()):
         if alias in ("default", "cache_dir"):
             continue
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", alias):
             raise ConfigError(f"models.{alias}: an alias is letters, digits, '.', '_' or '-'")
-        catalog[alias] = _parse_spec(alias, models_t.table(alias))
+        table = models_t.table(alias)
+        if is_remote(table):
+            remote[alias] = parse_remote_spec(alias, table)
+        else:
+            catalog[alias] = _parse_spec(alias, table)
     models_t.done()
-    if default is not None and default not in catalog:
+    if default is not None and default not in catalog and default not in remote:
         raise ConfigError(f"models.default: {default!r} is not a model alias")
+    _check_fallbacks(catalog, remote)
     for spec in catalog.values():
         for v in spec.variants:
             if v not in catalog:
@@ -221,4 +230,21 @@ def parse_models(root: Table, state_dir: Path) -> ModelsConfig:
         catalog=catalog, default=default, cache_dir=cache_dir,
         budget=_parse_budget(root.table("budget")),
         power=_parse_power(root.table("power")),
+        remote=remote,
     )
+
+
+def _check_fallbacks(catalog: dict[str, ModelSpec], remote: dict[str, RemoteSpec]) -> None:
+    """A fallback serves when the network cannot, so it must be a local model."""
+    for spec in remote.values():
+        if spec.fallback is None:
+            continue
+        if spec.fallback in remote:
+            raise ConfigError(f"models.{spec.alias}.fallback: {spec.fallback!r} is a remote "
+                              "alias; a fallback must be a local model")
+        if spec.fallback not in catalog:
+            raise ConfigError(f"models.{spec.alias}.fallback: {spec.fallback!r} is not a model "
+                              f"alias (local: {', '.join(sorted(catalog)) or 'none'})")
+        if catalog[spec.fallback].kind != "chat":
+            raise ConfigError(f"models.{spec.alias}.fallback: {spec.fallback!r} is a "
+                              f"{catalog[spec.fallback].kind} model; a fallback answers chat")

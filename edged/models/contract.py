@@ -26,6 +26,9 @@ class GenerateParams:
     seed: int | None = None
     priority: int = PRIORITY_NORMAL
     deadline: float | None = None  # loop.time() by which the request must have started
+    # Never to a remote alias (an agent with phi = true); refused where it would leave.
+    local_only: bool = False
+    origin: str | None = None  # who asked, for the audit record of a remote call ("agent:x")
 
 
 @dataclass

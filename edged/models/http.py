@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -28,6 +29,8 @@ from edged.models.chat_format import FORMATS
 from edged.models.contract import Generation
 from edged.models.manager import ModelManager
 from edged.models.outputs import Answer, CallStart, Event, Output, Text
+from edged.models.remote_http import SERVED_BY, RemoteChat, add_served_by
+from edged.models.remotes import RemoteModels
 from edged.models.requests import (
     ChatRequest,
     dumps,
@@ -67,13 +70,17 @@ def _chat_message(req: ChatRequest, answer: Answer) -> tuple[dict[str, Any], str
 
 
 class ModelRoutes:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, remotes: RemoteModels | None = None) -> None:
         self._models = manager
+        self._remotes = remotes
+        self._remote_chat = RemoteChat(remotes, self._chat, manager.request_timeout) \
+            if remotes is not None else None
         self._streaming: set[asyncio.Task[Any]] = set()
         self._responses = ResponseStore()
 
     def add_routes(self, app: web.Application) -> None:
         app.on_shutdown.append(self._cut_streams)
+        app.on_response_prepare.append(add_served_by)
         r = app.router
         r.add_get("/v1/models", self.list_models)
         r.add_get("/v1/models/{alias}", self.get_model)
@@ -87,13 +94,48 @@ class ModelRoutes:
         r.add_post("/admin/models/{alias}/unload", self.unload)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": await self._models.catalog_view()})
+        remote = self._remotes.catalog_view() if self._remotes is not None else []
+        return web.json_response({"object": "list",
+                                  "data": [*await self._models.catalog_view(), *remote]})
 
     async def get_model(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._models.catalog_entry(request.match_info["alias"]))
+        alias = request.match_info["alias"]
+        remote = self._remote(alias)
+        if remote is not None and self._remotes is not None:
+            return web.json_response(self._remotes.entry(remote))
+        return web.json_response(await self._models.catalog_entry(alias))
+
+    def _remote(self, alias: object) -> Any:
+        return self._remotes.get(alias) if self._remotes is not None else None
+
+    def _local_only(self, body: dict[str, Any], route: str) -> None:
+        alias = body.get("model")
+        if self._remote(alias) is not None:
+            raise BadRequest(f"model: {alias!r} is a remote alias; {route} is for local "
+                             "models only (a remote one takes /v1/chat/completions and "
+                             "/v1/embeddings)", code="remote_unsupported")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        req = parse_chat(await json_object(request), self._tool_rounds)
+        body = await json_object(request)
+        remote = self._remote(body.get("model"))
+        if remote is None or self._remote_chat is None:
+            return await self._chat(request, body, None)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streaming.add(task)  # a remote stream is cut at shutdown like a local one
+        try:
+            return await self._remote_chat.chat(request, body, remote)
+        finally:
+            self._streaming.discard(task)
+
+    async def _chat(self, request: web.Request, body: dict[str, Any], deadline: float | None
+                    ) -> web.StreamResponse:
+        """A local model's answer; ``deadline``: what is left of a remote alias's."""
+        req = parse_chat(body, self._tool_rounds)
+        if deadline is not None:
+            req = dataclasses.replace(
+                req, params=dataclasses.replace(req.params, deadline=deadline))
+        request[SERVED_BY] = req.model
         ident = f"chatcmpl-{secrets.token_hex(12)}"
         output = self.output(req)
         if req.stream:
@@ -121,7 +163,10 @@ class ModelRoutes:
             raise
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
-        req = parse_response(await json_object(request), self._responses, self._tool_rounds)
+        body = await json_object(request)
+        self._local_only(body, "/v1/responses")
+        req = parse_response(body, self._responses, self._tool_rounds)
+        request[SERVED_BY] = req.chat.model
         events = ResponseEvents(req, self.output(req.chat), self._responses)
         chat = req.chat
         if chat.stream:
@@ -141,7 +186,10 @@ class ModelRoutes:
         return self._models.spec(alias).tool_rounds
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_completion(await json_object(request))
+        body = await json_object(request)
+        self._local_only(body, "/v1/completions")
+        req = parse_completion(body)
+        request[SERVED_BY] = req.model
         ident = f"cmpl-{secrets.token_hex(12)}"
         if req.stream:
             stream = self._models.stream(req.model, req.prompt, req.params)
@@ -174,7 +222,12 @@ class ModelRoutes:
             await asyncio.wait(tasks, timeout=LAST_WORDS)
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        req = parse_embedding(await json_object(request))
+        body = await json_object(request)
+        remote = self._remote(body.get("model"))
+        if remote is not None and self._remote_chat is not None:
+            return await self._remote_chat.embeddings(request, body, remote)
+        req = parse_embedding(body)
+        request[SERVED_BY] = req.model
         vectors, tokens = await self._models.embed_counted(req.model, req.texts)
         size = len(vectors[0]) if vectors else 0
         if req.dimensions is not None and req.dimensions != size:
@@ -188,7 +241,10 @@ class ModelRoutes:
 
     async def classify(self, request: web.Request) -> web.Response:
         """edged's own: class scores from a classifier model (ONNX ``kind = "classifier"``)."""
-        req = parse_embedding(await json_object(request))
+        body = await json_object(request)
+        self._local_only(body, "/v1/classify")
+        req = parse_embedding(body)
+        request[SERVED_BY] = req.model
         scores, labels = await self._models.classify_labeled(req.model, req.texts)
         data = []
         for i, row in enumerate(scores):
@@ -214,10 +270,14 @@ class ModelRoutes:
         pin = body.get("pin", False)
         if not isinstance(pin, bool):
             raise BadRequest(f"pin: expected true or false, got {pin!r}")
-        return web.json_response(await self._models.load(request.match_info["alias"], pin=pin))
+        alias = request.match_info["alias"]
+        self._local_only({"model": alias}, "loading")
+        return web.json_response(await self._models.load(alias, pin=pin))
 
     async def unload(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._models.unload(request.match_info["alias"]))
+        alias = request.match_info["alias"]
+        self._local_only({"model": alias}, "unloading")
+        return web.json_response(await self._models.unload(alias))
 
 
 def _query_number(request: web.Request, name: str) -> float | None:

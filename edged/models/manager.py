@@ -94,6 +94,10 @@ class ModelManager:
         """The config of ``alias`` (404 naming the known aliases)."""
         return self._catalog.spec(alias)
 
+    def request_timeout(self) -> float:
+        """``budget.request_timeout``: how long a request may wait, as configured now."""
+        return self._cfg.budget.request_timeout
+
     async def chat(self, alias: str, messages: Sequence[dict[str, Any]],
                    params: GenerateParams) -> Generation:
         return await self.generate(alias, list(messages), params)

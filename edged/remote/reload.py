@@ -33,7 +33,7 @@ def _sections(cfg: Config) -> dict[str, object]:
     parts: dict[str, object] = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                                 if f.name not in ("source", "models")}
     m = cfg.models
-    parts["models"] = (m.catalog, m.default, m.cache_dir)
+    parts["models"] = (m.catalog, m.remote, m.default, m.cache_dir)
     parts["budget"] = m.budget
     parts["power"] = m.power
     return parts

@@ -101,14 +101,14 @@ def edged(models: dict[str, Any], budget: dict[str, Any]) -> Iterator[tuple[Path
 
 
 @contextmanager
-def llama_server(model: Path) -> Iterator[int]:
+def llama_server(model: Path, *extra: str) -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--n_ctx", str(N_CTX),
          "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS), "--port", str(port),
-         "--verbose", "False"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--verbose", "False", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc)
         yield port
