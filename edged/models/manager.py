@@ -29,7 +29,7 @@ from edged.errors import BadRequest, Conflict, QueueFull, Unavailable
 from edged.models.backend import Backend, LoadedModel, TokenSink
 from edged.models.budget import Ledger, Shared, mib
 from edged.models.catalog import Catalog
-from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, usable_cpus
+from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, physical_cores
 from edged.models.contract import GenerateParams, Generation
 from edged.models.memory import budget_bytes, read_memory_facts, trim_heap
 from edged.models.metrics import ModelMetrics
@@ -626,11 +626,12 @@ class ModelManager:
         return self._power.profile if self._power is not None else "ac"
 
     def _threads(self, spec: ModelSpec) -> int:
-        # Default as llama-cpp-python's: half the cores, which leaves one for the event loop
-        # and the socket on a two-core box (spinning llama.cpp threads that lose their core
-        # to another thread stall every token).
+        # Default as llama.cpp's and Ollama's: one thread per physical core. Half the cores
+        # (llama-cpp-python's default) cost 0.6x of the box's decode speed; the event loop
+        # and the socket take little, and llama.cpp's OpenMP threads spin only for ~10 ms
+        # after a decode step, then sleep (docs/performance.md, "Threads").
         profile = self._settings().threads
-        own = spec.threads or max(1, usable_cpus() // 2)
+        own = spec.threads or physical_cores()
         return min(own, profile) if profile else own
 
     def _idle_timeout(self) -> float:
