@@ -12,6 +12,7 @@ from edged.models.chat_format import FORMATS
 from edged.tomlreader import Table
 
 PROFILE_NAMES = ("ac", "battery", "low_battery", "hot")
+MAX_PARALLEL = 64
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ModelSpec:
     variants: tuple[str, ...]  # smaller aliases to prefer under power pressure
     embedding: bool
     kind: str  # chat | embedding | classifier
+    parallel: int | None = None  # GGUF sequences decoded together; None: from the budget
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def _parse_spec(alias: str, t: Table) -> ModelSpec:
         variants=t.str_list("variants", ()),
         embedding=t.bool("embedding", True),
         kind=t.choice("kind", ("chat", "embedding", "classifier"), "chat"),
+        parallel=t.int("parallel", None, min=1, max=MAX_PARALLEL),
     )
     if fmt == "onnx" and package is not None:
         _check_packaged_encoder(spec, t)

@@ -79,7 +79,8 @@ def test_stream(sdk: openai.OpenAI) -> None:
     pieces = [d.content for d in deltas if d.content]
     assert len(pieces) > 1
     assert "Rome" in "".join(pieces)
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(pieces)
+    # Every generated token counts, also those of the stop string that ended the turn.
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= len(pieces)
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function",
