@@ -27,10 +27,12 @@ def _render_ps(data: dict[str, Any]) -> str:
     if not data["models"]:
         lines.append("no models loaded")
         return "\n".join(lines)
-    lines.append(f"{'MODEL':<24} {'MEMORY':>9} {'IDLE':>7} {'IN FLIGHT':>9} {'PINNED':<6}")
+    lines.append(f"{'MODEL':<24} {'MEMORY':>9} {'IDLE':>7} {'IN FLIGHT':>9} {'RUNNING':>7} "
+                 f"{'PINNED':<6}")
     for m in data["models"]:
+        running = f"{m.get('running', 0)}/{m.get('parallel', 1)}"
         lines.append(f"{m['model']:<24} {_size(m['bytes']):>9} {m['idle_seconds']:>6.0f}s "
-                     f"{m['in_flight']:>9} {'yes' if m['pinned'] else 'no':<6}")
+                     f"{m['in_flight']:>9} {running:>7} {'yes' if m['pinned'] else 'no':<6}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from edged.models.remote_config import RemoteSpec, is_remote, parse_remote_spec
 from edged.tomlreader import Table
 
 PROFILE_NAMES = ("ac", "battery", "low_battery", "hot")
+MAX_PARALLEL = 64
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ModelSpec:
     embedding: bool
     kind: str  # chat | embedding | classifier
     tool_rounds: int = 1  # rounds of tool calls in a row before "auto" answers in text
+    parallel: int | None = None  # GGUF sequences decoded together; None: from the budget
 
 
 @dataclass(frozen=True)
@@ -51,19 +53,41 @@ class ProfileConfig:
     prefer_smaller: bool
 
 
-def usable_cpus() -> int:
+def physical_cores(cpu_root: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Physical cores among the CPUs this process may use: one llama.cpp thread per core, as
+    llama.cpp and Ollama default to (a second thread on a core's hyperthread sibling slows
+    decoding down). Read from sysfs topology; without it, psutil's count capped by the
+    usable CPUs."""
+    cpus = _affinity()
+    cores: set[tuple[str, str]] = set()
+    for cpu in cpus:
+        topo = cpu_root / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(),
+                       (topo / "core_id").read_text().strip()))
+        except OSError:
+            return _counted_cores(len(cpus))
+    return len(cores) or _counted_cores(len(cpus))
+
+
+def _affinity() -> set[int]:
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def _counted_cores(usable: int) -> int:
+    import psutil
+    return max(1, min(usable, psutil.cpu_count(logical=False) or usable))
 
 
 def default_profile(name: str) -> ProfileConfig:
     """Built-in settings of a profile; a ``[power.profiles.NAME]`` table overrides them key by
-    key. On battery: half the cores and a short idle timeout; on low battery or when hot:
+    key. On battery: half the physical cores and a short idle timeout; on low battery or when hot:
     one thread and smaller variants, and on low battery only one loaded model."""
     if name == "battery":
-        return ProfileConfig(threads=max(1, usable_cpus() // 2), idle_unload=60.0,
+        return ProfileConfig(threads=max(1, physical_cores() // 2), idle_unload=60.0,
                              max_loaded=None, prefer_smaller=False)
     if name == "low_battery":
         return ProfileConfig(threads=1, idle_unload=30.0, max_loaded=1, prefer_smaller=True)
@@ -120,6 +144,7 @@ def _parse_spec(alias: str, t: Table) -> ModelSpec:
         embedding=t.bool("embedding", True),
         kind=t.choice("kind", ("chat", "embedding", "classifier"), "chat"),
         tool_rounds=t.int("tool_rounds", 1, min=1, max=64),
+        parallel=t.int("parallel", None, min=1, max=MAX_PARALLEL),
     )
     if fmt == "onnx" and package is not None:
         _check_packaged_encoder(spec, t)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from edged.models.chat_format import FORMATS, Part
 from edged.models.config import ModelSpec
 from edged.models.contract import GenerateParams, Generation
 from edged.models.gguf_meta import GgufInfo, context_bytes, read_gguf
+from edged.models.scheduler import SequenceScheduler
 
 log = logging.getLogger(__name__)
 
 EMBED_CTX = 512
 EMBED_BATCH = 128
+N_BATCH = 512  # tokens per decode step: every running sequence's next one plus prefill
 HEAP_ROWS = 100  # the heap levels off near 100 vocabulary-sized float rows (see below)
 
 
@@ -38,6 +41,7 @@ class LlamaBackend:
         self._infos: dict[tuple[Path, int, int], GgufInfo] = {}
         self._primed: dict[Path, GgufInfo] = {}
         self._lock = threading.Lock()
+        self._steps = threading.Lock()  # one decode at a time across all loaded models
 
     def info(self, path: Path) -> GgufInfo:
         """Blocking; cached per (path, size, mtime)."""
@@ -87,46 +91,105 @@ class LlamaBackend:
         extra = 0
         if spec.embedding:  # its own context, plus logits for a whole batch (see above)
             extra = context_bytes(info, EMBED_CTX) + info.n_vocab * EMBED_BATCH * 4
-        return context_bytes(info, spec.context) + extra
+        # KV cells for every sequence, and a logits row per sequence decoded in a step.
+        parallel = parallel_of(spec)
+        return context_bytes(info, spec.context * parallel) + extra \
+            + info.n_vocab * 4 * (parallel - 1)
 
     def warm_up(self) -> None:
-        """Blocking: map the native library (once per process)."""
-        import llama_cpp  # noqa: F401
+        """Blocking: map the native library (once per process); llama.cpp's own log lines
+        only for errors (llama-cpp-python prints them to stderr)."""
+        from llama_cpp import _logger
+        _logger.set_verbose(False)
 
     def load(self, spec: ModelSpec, path: Path, threads: int) -> LoadedLlama:
         info = self.info(path)  # a corrupt header fails here, with a clear message
+        self.warm_up()
         import llama_cpp
+        from llama_cpp._internals import LlamaModel
 
-        def open_context(**kw: Any) -> Any:
-            try:
-                return llama_cpp.Llama(str(path), n_threads=threads, n_threads_batch=threads,
-                                       verbose=False, **kw)
-            except ValueError as e:
-                raise IntegrityError(f"models.{spec.alias}: llama.cpp cannot load {path}: {e}",
-                                     code="corrupt_model") from None
+        def corrupt(e: Exception) -> IntegrityError:
+            return IntegrityError(f"models.{spec.alias}: llama.cpp cannot load {path}: {e}",
+                                  code="corrupt_model")
 
-        llm = open_context(n_ctx=spec.context)
+        params = llama_cpp.llama_model_default_params()
+        # Repacked weights make a row's result depend on the rows batched with it (the
+        # same prompt then gives another answer next to other requests).
+        params.use_extra_bufts = False
+        try:
+            model: Any = LlamaModel(path_model=str(path), params=params, verbose=False)
+        except ValueError as e:
+            raise corrupt(e) from None
+        ctx = _sequence_context(model, spec, threads)
         emb = None
         if spec.embedding:
-            emb = open_context(n_ctx=EMBED_CTX, n_batch=EMBED_BATCH, n_ubatch=EMBED_BATCH,
-                               embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-        log.debug("loaded %s (%s, %d layers)", spec.alias, info.architecture, info.n_layer)
-        return LoadedLlama(spec, llm, emb)
+            try:
+                emb = llama_cpp.Llama(str(path), n_threads=threads, n_threads_batch=threads,
+                                      verbose=False, n_ctx=EMBED_CTX, n_batch=EMBED_BATCH,
+                                      n_ubatch=EMBED_BATCH, embedding=True,
+                                      pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+            except ValueError as e:
+                llama_cpp.llama_free(ctx)
+                model.close()
+                raise corrupt(e) from None
+        scheduler = SequenceScheduler(spec.alias, model, ctx, parallel=parallel_of(spec),
+                                      context=spec.context, n_batch=N_BATCH,
+                                      steps=self._steps)
+        log.debug("loaded %s (%s, %d layers, %d sequences)", spec.alias, info.architecture,
+                  info.n_layer, parallel_of(spec))
+        return LoadedLlama(spec, model, ctx, scheduler, emb, self._steps)
+
+
+def parallel_of(spec: ModelSpec) -> int:
+    return spec.parallel or 1
+
+
+def _sequence_context(model: Any, spec: ModelSpec, threads: int) -> Any:
+    """One context for all of the model's sequences: a unified KV cache of ``context``
+    cells per sequence."""
+    import llama_cpp
+    parallel = parallel_of(spec)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx = spec.context * parallel
+    cp.n_batch = cp.n_ubatch = N_BATCH
+    cp.n_seq_max = parallel
+    cp.n_outputs_max = parallel  # one logits row per sequence a step, not one per token
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.kv_unified = True
+    cp.swa_full = False  # a sliding-window layer keeps its window per sequence, not n_ctx
+    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # see use_extra_bufts
+    cp.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model.model, cp)
+    if ctx is None:
+        model.close()
+        raise IntegrityError(f"models.{spec.alias}: llama.cpp could not create a context of "
+                             f"{cp.n_ctx} tokens", code="corrupt_model")
+    return ctx
 
 
 class LoadedLlama:
-    def __init__(self, spec: ModelSpec, llm: Any, emb: Any | None) -> None:
+    def __init__(self, spec: ModelSpec, model: Any, ctx: Any, scheduler: SequenceScheduler,
+                 emb: Any | None, steps: threading.Lock) -> None:
         self._spec = spec
-        self._llm = llm
+        self._model = model
+        self._ctx = ctx
+        self._scheduler = scheduler
         self._emb = emb
+        self._steps = steps
+        self._emb_lock = threading.Lock()
         self._format = FORMATS[spec.chat_format]
-        self._grammars: dict[str, Any] = {}
+        self.parallel = parallel_of(spec)
+
+    def running(self) -> int:
+        """Sequences in the context right now (for /admin/ps)."""
+        return self._scheduler.running()
 
     def generate(self, prompt: str | Sequence[dict[str, Any]], params: GenerateParams,
                  on_token: TokenSink | None) -> Generation:
+        """Runs among the model's other sequences; safe to call from several threads."""
         stops = list(params.stop)
         if isinstance(prompt, str):  # raw completion: the client's own prompt, markers and all
-            tokens = self._llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            tokens = self.tokenize(prompt, add_bos=True, special=True)
         else:
             tokens = self._tokens(self._format.parts(prompt))
             # Also under a grammar: a tool grammar's free-text branch has no end of its own,
@@ -136,73 +199,43 @@ class LoadedLlama:
         if n_prompt >= self._spec.context:
             raise BadRequest(f"the prompt is {n_prompt} tokens; model {self._spec.alias!r} has "
                              f"a context of {self._spec.context}", code="context_length_exceeded")
-        pieces: list[str] = []
-        finish = "length"
-        for chunk in self._llm.create_completion(
-                tokens, max_tokens=params.max_tokens, temperature=params.temperature,
-                top_p=params.top_p, stop=stops or None, seed=params.seed, stream=True,
-                grammar=self._grammar(params.grammar)):
-            choice = chunk["choices"][0]
-            piece = choice["text"]
-            if piece:
-                pieces.append(piece)
-                if on_token is not None and not on_token(piece):
-                    finish = "cancelled"
-                    break
-            if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
-        return Generation(text="".join(pieces), finish_reason=finish, prompt_tokens=n_prompt,
-                          completion_tokens=len(pieces))
+        if params.grammar is not None:
+            self._scheduler.check_grammar(params.grammar)
+        return self._scheduler.generate(tokens, replace(params, stop=tuple(stops)), on_token)
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        tokens: list[int] = self._model.tokenize(text.encode(), add_bos, special)
+        return tokens
 
     def _tokens(self, parts: Sequence[Part]) -> list[int]:
         """Only the template's markers become special tokens; message text stays text."""
-        tokens: list[int] = self._llm.tokenize(b"", add_bos=True, special=False)
+        tokens = self.tokenize("", add_bos=True, special=False)
         for text, marker in parts:
             if text:
-                tokens += self._llm.tokenize(text.encode(), add_bos=False, special=marker)
+                tokens += self.tokenize(text, add_bos=False, special=marker)
         return tokens
-
-    def _grammar(self, gbnf: str | None) -> Any:
-        if gbnf is None:
-            return None
-        grammar = self._grammars.get(gbnf)
-        if grammar is None:
-            from llama_cpp.llama_grammar import LlamaGrammar
-            self._check_grammar(gbnf)
-            grammar = LlamaGrammar.from_string(gbnf, verbose=False)
-            self._grammars[gbnf] = grammar
-        return grammar
-
-    def _check_grammar(self, gbnf: str) -> None:
-        """llama-cpp-python hands a grammar that does not parse to the sampler chain as a
-        NULL pointer, and the process segfaults; parse it here first."""
-        import llama_cpp
-        sampler = llama_cpp.llama_sampler_init_grammar(
-            self._llm._model.vocab, gbnf.encode(), b"root")
-        if not sampler:
-            raise BadRequest("grammar: not a valid GBNF grammar (llama.cpp could not parse "
-                             "it; the daemon log has its message)", code="invalid_grammar")
-        llama_cpp.llama_sampler_free(sampler)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self._emb is None:
             raise BadRequest(f"model {self._spec.alias!r} has no embeddings (set models."
                              f"{self._spec.alias}.embedding = true)", code="no_embeddings")
-        vectors = self._emb.embed(list(texts), normalize=True)
+        with self._emb_lock, self._steps:  # one decode at a time on the box's cores
+            vectors = self._emb.embed(list(texts), normalize=True)
         return [list(map(float, v)) for v in vectors]
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the embedding context reads for ``texts`` (as llama-cpp's ``embed`` does)."""
-        ctx = self._emb or self._llm
-        return sum(len(ctx.tokenize(t.encode(), add_bos=True, special=False)) for t in texts)
+        return sum(len(self.tokenize(t, add_bos=True, special=False)) for t in texts)
 
     def classify(self, texts: Sequence[str]) -> list[list[float]]:
         raise BadRequest(f"model {self._spec.alias!r} is a generative model, not a classifier",
                          code="not_a_classifier")
 
     def close(self) -> None:
-        for ctx in (self._emb, self._llm):
-            if ctx is not None:
-                ctx.close()
+        import llama_cpp
+        self._scheduler.close()
+        llama_cpp.llama_free(self._ctx)
+        self._model.close()
+        if self._emb is not None:
+            self._emb.close()
         self._emb = None
-        self._grammars.clear()

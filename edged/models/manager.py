@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from edged.errors import BadRequest, Conflict, QueueFull, Unavailable
 from edged.models.backend import Backend, LoadedModel, TokenSink
 from edged.models.budget import Ledger, Shared, mib
 from edged.models.catalog import Catalog
-from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, usable_cpus
+from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, physical_cores
 from edged.models.contract import GenerateParams, Generation
 from edged.models.memory import budget_bytes, read_memory_facts, trim_heap
 from edged.models.metrics import ModelMetrics
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Prompt = str | Sequence[dict[str, Any]]
+DEFAULT_PARALLEL = 8  # llama-server's -np on a box like this; more adds little on 2 cores
 _NO_PROFILE = ProfileConfig(threads=None, idle_unload=None, max_loaded=None,
                             prefer_smaller=False)
 
@@ -59,6 +60,7 @@ class _Slot:
     estimated: int = 0
     measured: int | None = None
     threads: int = 0
+    parallel: int = 1  # sequences it decodes together
     avg_seconds: float = 1.0  # moving average of a request's run time, for Retry-After
     idle_timer: asyncio.TimerHandle | None = None
 
@@ -328,14 +330,14 @@ class ModelManager:
                 self._went_idle(slot)
 
     def _admit(self, slot: _Slot) -> None:
-        waiting = max(0, slot.active - 1)  # one request runs; the rest wait
+        waiting = max(0, slot.active - slot.parallel)  # `parallel` run; the rest wait
         if waiting < self._cfg.budget.queue_size:
             return
         alias = slot.spec.alias
         self._metrics.refusals.labels(alias, "queue_full").inc()
         raise QueueFull(f"model {alias!r} has {waiting} requests waiting "
                         f"(budget.queue_size = {self._cfg.budget.queue_size}); retry later",
-                        retry_after=max(1.0, slot.avg_seconds * slot.active))
+                        retry_after=max(1.0, slot.avg_seconds * slot.active / slot.parallel))
 
     def _slot(self, alias: str) -> _Slot:
         spec = self._catalog.spec(alias)  # 404 naming the known aliases
@@ -399,16 +401,19 @@ class ModelManager:
         path = await self._catalog.resolve(spec)
         backend = self._backend(spec)
         threads = self._threads(spec)
+        spec = await asyncio.to_thread(_sized, backend, spec, path, threads, self._ledger.total)
         own_est, shared = await asyncio.to_thread(_estimate, backend, spec, path, threads)
         own = self._learned.get(spec.alias, own_est)
         slot.estimated = own_est + sum(shared.values())
         await self._make_room(slot, own, shared, deadline)
         self._ledger.charge(spec.alias, own, shared)
         self._show_budget()
-        worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec))
+        worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec),
+                        parallel=spec.parallel or 1)
         started = time.perf_counter()
         _model, delta = await worker.start(lambda: _measured_load(backend, spec, path, threads),
                                            _close)
+        slot.parallel = spec.parallel or 1
         self._loaded(slot, worker, threads, time.perf_counter() - started)
         # The load mapped its file afresh (in its RSS delta); runtime heaps grow later.
         mapped = sum(v for k, v in shared.items() if k.startswith("file:"))
@@ -416,7 +421,7 @@ class ModelManager:
         await self._audit_event("model.load", {
             "model": spec.alias, "bytes": self._ledger.cost_of(spec.alias),
             "estimated_bytes": slot.estimated, "seconds": round(slot.load_seconds, 3),
-            "threads": threads, "profile": self._profile_name()})
+            "threads": threads, "parallel": slot.parallel, "profile": self._profile_name()})
 
     def _loaded(self, slot: _Slot, worker: Worker, threads: int, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -427,7 +432,8 @@ class ModelManager:
         slot.loaded_at = slot.last_used = loop.time()
         self._metrics.load_seconds.labels(slot.spec.alias).observe(seconds)
         self._metrics.loaded.labels(slot.spec.alias).set(1)
-        log.info("loaded %s in %.2fs (%d threads)", slot.spec.alias, seconds, threads)
+        log.info("loaded %s in %.2fs (%d threads, %d sequences)", slot.spec.alias, seconds,
+                 threads, slot.parallel)
 
     def _learn(self, slot: _Slot, measured_own: int) -> None:
         """Charge what the load really added; remember it for the next load's estimate."""
@@ -582,6 +588,8 @@ class ModelManager:
             "bytes": self._ledger.cost_of(alias), "estimated_bytes": slot.estimated,
             "measured_bytes": slot.measured, "idle_seconds": round(idle, 1),
             "in_flight": slot.active, "queue_depth": slot.worker.depth() if slot.worker else 0,
+            "running": slot.worker.sequences() if slot.worker else 0,
+            "parallel": slot.parallel,
             "threads": slot.threads, "load_seconds": round(slot.load_seconds, 3),
         }
 
@@ -603,7 +611,9 @@ class ModelManager:
             prime = getattr(backend, "prime", None)
             if source is not None and prime is not None:
                 prime(path, *source)
-            own, shared = _estimate(backend, spec, path, self._threads(spec))
+            threads = self._threads(spec)
+            spec = _sized(backend, spec, path, threads, self._ledger.total)
+            own, shared = _estimate(backend, spec, path, threads)
         except Exception as e:  # a bad file shows as "no estimate" here, and fails its load
             log.debug("no estimate for %s: %s", spec.alias, e)
             return None
@@ -637,11 +647,12 @@ class ModelManager:
         return self._power.profile if self._power is not None else "ac"
 
     def _threads(self, spec: ModelSpec) -> int:
-        # Default as llama-cpp-python's: half the cores, which leaves one for the event loop
-        # and the socket on a two-core box (spinning llama.cpp threads that lose their core
-        # to another thread stall every token).
+        # Default as llama.cpp's and Ollama's: one thread per physical core. Half the cores
+        # (llama-cpp-python's default) cost 0.6x of the box's decode speed; the event loop
+        # and the socket take little, and llama.cpp's OpenMP threads spin only for ~10 ms
+        # after a decode step, then sleep (docs/performance.md, "Threads").
         profile = self._settings().threads
-        own = spec.threads or max(1, usable_cpus() // 2)
+        own = spec.threads or physical_cores()
         return min(own, profile) if profile else own
 
     def _idle_timeout(self) -> float:
@@ -667,6 +678,23 @@ def _estimate(backend: Backend, spec: ModelSpec, path: Path, threads: int
     shared_of = getattr(backend, "shared_costs", None)
     shared: Shared = dict(shared_of(path)) if shared_of is not None else {}
     return backend.estimate(spec, path, threads), shared
+
+
+def _sized(backend: Backend, spec: ModelSpec, path: Path, threads: int, budget: int
+           ) -> ModelSpec:
+    """Blocking: ``spec`` with its ``parallel`` decided. Only GGUF models batch; without a
+    configured value, as many sequences (up to DEFAULT_PARALLEL) as keep the KV cache and
+    logits of the extra ones within a quarter of the memory budget."""
+    if spec.format != "gguf":
+        return replace(spec, parallel=1)
+    if spec.parallel is not None:
+        return spec
+    alone = backend.estimate(replace(spec, parallel=1), path, threads)
+    for parallel in range(DEFAULT_PARALLEL, 1, -1):
+        sized = replace(spec, parallel=parallel)
+        if backend.estimate(sized, path, threads) - alone <= budget // 4:
+            return sized
+    return replace(spec, parallel=1)
 
 
 def _mappings(backend: Backend, spec: ModelSpec) -> int:

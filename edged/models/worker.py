@@ -1,9 +1,13 @@
-"""One thread per loaded model, fed by a priority queue.
+"""A thread per loaded model, fed by a priority queue.
 
-llama.cpp contexts are not thread-safe and inference must never run on the event loop, so
-each loaded model lives on its own thread from load to close. Jobs carry a priority (lower
-first, FIFO within a priority) and a deadline by which they must have started; results go
-back to the loop with ``call_soon_threadsafe``.
+Inference must never run on the event loop, so each loaded model lives on its own thread
+from load to close. Jobs carry a priority (lower first, FIFO within a priority) and a
+deadline by which they must have started; results go back to the loop with
+``call_soon_threadsafe``. A model that batches (a GGUF model with ``parallel`` sequences,
+whose ``generate`` is thread-safe) runs up to ``parallel`` jobs at once on runner threads;
+the next job is taken from the queue only when one ends, so priorities still decide who
+gets a free sequence. A model with ``parallel = 1`` (ONNX) runs its jobs on the worker
+thread itself, one at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -47,17 +52,26 @@ class _Item:
 
 class Worker:
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop,
-                 on_start: Callable[[Job[Any]], None] | None = None) -> None:
+                 on_start: Callable[[Job[Any]], None] | None = None, parallel: int = 1
+                 ) -> None:
         self._name = name
         self._loop = loop
         self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._model: LoadedModel | None = None
         self._on_start = on_start
-        self.busy = False
+        self.parallel = parallel
+        self._free = threading.Semaphore(parallel)
+        self._lock = threading.Lock()
+        self.running = 0  # jobs started and not yet finished
 
     def depth(self) -> int:
         return self._queue.qsize()
+
+    def sequences(self) -> int:
+        """Sequences the model is decoding right now (its jobs running, if it cannot say)."""
+        count = getattr(self._model, "running", None)
+        return int(count()) if count is not None else self.running
 
     async def start(self, load: Callable[[], T], close: Callable[[LoadedModel], None]
                     ) -> T:
@@ -101,13 +115,31 @@ class Worker:
             self._resolve(stop_job.future, None, None)
 
     def _serve(self) -> Job[Any]:
-        """Run jobs until the stop job; return it."""
-        while True:
-            item = self._queue.get()
-            assert item.job is not None
-            if item.priority == _STOP_PRIORITY:
-                return item.job
-            self._run(item.job)
+        """Run jobs until the stop job; return it once every running job has ended."""
+        runners = (ThreadPoolExecutor(self.parallel, thread_name_prefix=f"model-{self._name}")
+                   if self.parallel > 1 else None)
+        try:
+            while True:
+                self._free.acquire()  # a free sequence first, then the best job waiting
+                item = self._queue.get()
+                assert item.job is not None
+                if item.priority == _STOP_PRIORITY:
+                    for _ in range(self.parallel - 1):
+                        self._free.acquire()
+                    return item.job
+                if runners is None:
+                    self._run_and_free(item.job)
+                else:
+                    runners.submit(self._run_and_free, item.job)
+        finally:
+            if runners is not None:
+                runners.shutdown(wait=True)
+
+    def _run_and_free(self, job: Job[Any]) -> None:
+        try:
+            self._run(job)
+        finally:
+            self._free.release()
 
     def _run(self, job: Job[Any]) -> None:
         now = time.monotonic()
@@ -122,7 +154,8 @@ class Worker:
         job.started = now
         if self._on_start is not None:
             self._on_start(job)
-        self.busy = True
+        with self._lock:
+            self.running += 1
         try:
             assert self._model is not None
             result = job.fn(self._model)
@@ -131,7 +164,8 @@ class Worker:
         else:
             self._resolve(job.future, result, None)
         finally:
-            self.busy = False
+            with self._lock:
+                self.running -= 1
 
     def _resolve(self, fut: asyncio.Future[Any], result: Any, error: BaseException | None
                  ) -> None:

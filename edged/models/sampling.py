@@ -1,0 +1,157 @@
+"""Per-sequence sampling in llama.cpp's own sampler chains, and stop strings.
+
+Every token of every sequence is chosen in C (``llama_sampler_sample`` on the context's
+logits row): no copy of the 262k-entry logits into Python. A chain is built per request
+from its ``GenerateParams``: a grammar first when there is one (it must see the whole
+vocabulary, or top-k could leave it nothing it accepts), then top-k, top-p, min-p,
+temperature and a seeded draw; temperature 0 is a greedy pick. The defaults are
+llama-cpp-python's ``create_completion`` ones (top_k 40, min_p 0.05), so answers read as
+they did before the scheduler.
+
+Stop strings are matched on text: a piece that could be the start of a stop string is held
+back until the next piece decides, so a stop string never reaches the client.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import random
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from edged.errors import BadRequest
+from edged.models.contract import GenerateParams
+
+TOP_K = 40
+MIN_P = 0.05
+GRAMMARS_KEPT = 16
+
+
+class Grammars:
+    """Parsed grammars by their text (bounded, least recently used out); a request gets a
+    clone, so parsing is paid once per distinct grammar."""
+
+    def __init__(self, vocab: Any) -> None:
+        self._vocab = vocab
+        self._parsed: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clone(self, gbnf: str) -> Any:
+        import llama_cpp
+        with self._lock:
+            parsed = self._parsed.get(gbnf)
+            if parsed is None:
+                parsed = self._parse(gbnf)
+                self._parsed[gbnf] = parsed
+                while len(self._parsed) > GRAMMARS_KEPT:
+                    llama_cpp.llama_sampler_free(self._parsed.popitem(last=False)[1])
+            self._parsed.move_to_end(gbnf)
+            return llama_cpp.llama_sampler_clone(parsed)
+
+    def check(self, gbnf: str) -> None:
+        """Raise the 400 for a grammar llama.cpp cannot parse (before any sequence runs)."""
+        import llama_cpp
+        llama_cpp.llama_sampler_free(self.clone(gbnf))
+
+    def _parse(self, gbnf: str) -> Any:
+        import llama_cpp
+        # llama.cpp returns NULL for a grammar that does not parse; handed on, it segfaults.
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not sampler:
+            raise BadRequest("grammar: not a valid GBNF grammar (llama.cpp could not parse "
+                             "it; the daemon log has its message)", code="invalid_grammar")
+        return sampler
+
+    def close(self) -> None:
+        import llama_cpp
+        with self._lock:
+            for sampler in self._parsed.values():
+                llama_cpp.llama_sampler_free(sampler)
+            self._parsed.clear()
+
+
+def chain(params: GenerateParams, grammars: Grammars) -> Any:
+    """A new sampler chain for one sequence; the caller frees it (``llama_sampler_free``)."""
+    import llama_cpp
+    cp = llama_cpp.llama_sampler_chain_default_params()
+    cp.no_perf = True
+    smpl = llama_cpp.llama_sampler_chain_init(cp)
+    add = llama_cpp.llama_sampler_chain_add
+    try:
+        if params.grammar is not None:
+            add(smpl, grammars.clone(params.grammar))
+    except BaseException:
+        llama_cpp.llama_sampler_free(smpl)
+        raise
+    if params.temperature <= 0:
+        add(smpl, llama_cpp.llama_sampler_init_greedy())
+        return smpl
+    add(smpl, llama_cpp.llama_sampler_init_top_k(TOP_K))
+    if params.top_p < 1:
+        add(smpl, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    add(smpl, llama_cpp.llama_sampler_init_min_p(MIN_P, 1))
+    add(smpl, llama_cpp.llama_sampler_init_temp(params.temperature))
+    add(smpl, llama_cpp.llama_sampler_init_dist(_seed(params.seed)))
+    return smpl
+
+
+def _seed(seed: int | None) -> int:
+    """llama.cpp takes a 32-bit seed; 0xFFFFFFFF means "random", so a client's seed is
+    folded into the other values."""
+    if seed is None:
+        return random.getrandbits(32) % 0xFFFFFFFF
+    return seed % 0xFFFFFFFF
+
+
+class Pieces:
+    """Token bytes -> text pieces for the client, with the stop strings cut out.
+
+    ``feed`` returns the text that may be sent now; ``stopped`` says a stop string was
+    found (the text before it was the last to be sent)."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        text = self._held + self._utf8.decode(data)
+        if not self._stops:
+            self._held = ""
+            return text
+        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return text[:cut]
+        keep = self._partial(text)
+        self._held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """What is held back at the end (no stop string followed)."""
+        text, self._held = self._held + self._utf8.decode(b"", final=True), ""
+        return text
+
+    def _partial(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that begins some stop string."""
+        for n in range(min(len(text), self._longest - 1), 0, -1):
+            tail = text[-n:]
+            if any(s.startswith(tail) for s in self._stops):
+                return n
+        return 0
+
+
+def token_bytes(vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
+    """The bytes of one token as the model would print them (no special-token text)."""
+    import llama_cpp
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    if n < 0:  # longer than the buffer
+        bigger = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, bigger, -n, 0, False)
+        return bigger.raw[:n]
+    return buf.raw[:n]
