@@ -24,12 +24,12 @@ from typing import Any
 from aiohttp import web
 
 from edged.api.body import json_object
+from edged.api.remote_chat import SERVED_BY, RemoteChat, add_served_by
 from edged.errors import BadRequest, EdgedError, Unavailable
 from edged.models.chat_format import FORMATS
 from edged.models.contract import Generation
 from edged.models.manager import ModelManager
 from edged.models.outputs import Answer, CallStart, Event, Output, Text
-from edged.models.remote_http import SERVED_BY, RemoteChat, add_served_by
 from edged.models.remotes import RemoteModels
 from edged.models.requests import (
     ChatRequest,
