@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -233,8 +234,6 @@ def bundled_alias(**overrides: Any) -> dict[str, Any]:
 def bundled_daemon(**alias: Any) -> Iterator[RunningDaemon]:
     """A daemon in a short temporary folder serving the bundled model as ``g``, the
     default model (``alias``: overrides of its ``[models.g]`` table)."""
-    import shutil
-
     tmp = short_tmpdir()
     state = tmp / "st"
     config = deep_merge(base_config(state), {"models": {

@@ -244,10 +244,13 @@ class AgentRuntime:
         outright); the current member keeps a conversation that is waiting on it (a
         question it asked) or that no other member fits clearly better."""
         current = next((m for m in members if m.spec.name == state.get("member")), None)
-        best, best_score = current, -1.0
         for member in members:
             await self._warm(member)
-            vectors = await self._vectors(member, [text])
+        # One encoder for every agent: the text is encoded once for all the members.
+        shared = await self._encoder.encode([text]) if any(map(_embeds, members)) else None
+        best, best_score = current, -1.0
+        for member in members:
+            vectors = shared if _embeds(member) else None
             if _override(member, text, _meaning(member, vectors)) is not None:
                 return member
             route = member.router.route(text, None if vectors is None else vectors[0])
@@ -511,7 +514,7 @@ class AgentRuntime:
     async def _vectors(self, agent: Agent, texts: list[str]) -> Matrix | None:
         """The texts' vectors (meaning reads requests as said), or None when the agent
         understands by words only."""
-        if not agent.spec.embeddings or not agent.router.embedded:
+        if not _embeds(agent):
             return None
         return await self._encoder.encode(texts)
 
@@ -619,6 +622,11 @@ class AgentRuntime:
             "session": ctx.session_id, "uid": ctx.uid, "tool": name, "arguments": args,
             "result": result, "duration_ms": round(duration * 1000, 1), "outcome": outcome})
         return result
+
+
+def _embeds(agent: Agent) -> bool:
+    """Does the agent read requests by their meaning (its examples are encoded)?"""
+    return agent.spec.embeddings and agent.router.embedded
 
 
 def _next_step(agent: Agent, name: str, args: JSON, result: JSON) -> tuple[str, JSON] | None:

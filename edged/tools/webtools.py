@@ -33,6 +33,15 @@ class HttpTool:
         self._session = session
         self.calls = 0
         self.failures = 0
+        self._header_values: dict[str, str] | None = None
+
+    def _headers(self) -> dict[str, str]:
+        """The headers file, read at the first call (a missing or unsafe file fails that
+        call, not the start) and kept: a rotated key takes a restart."""
+        if self._header_values is None:
+            path = self.spec.headers_file
+            self._header_values = read_headers(path) if path else {}
+        return self._header_values
 
     async def call(self, arguments: dict[str, Any]) -> dict[str, Any]:
         spec = self.spec
@@ -40,7 +49,7 @@ class HttpTool:
         url = spec.url.format_map({k: quote(str(v), safe="") for k, v in arguments.items()
                                    if k in in_url})
         rest = {k: v for k, v in arguments.items() if k not in in_url}
-        headers = read_headers(spec.headers_file) if spec.headers_file else {}
+        headers = self._headers()
         send: dict[str, Any] = {"params": {k: str(v) for k, v in rest.items()}} \
             if spec.method in ("GET", "DELETE") else {"json": rest}
         self.calls += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+import threading
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel
@@ -35,7 +35,7 @@ def check_prescription(rx_number: str) -> str:
 @app.tool()
 def slow(seconds: float) -> str:
     """Takes its time."""
-    time.sleep(seconds)
+    threading.Event().wait(seconds)  # an answer that comes only after the caller gave up
     return "finally"
 
 

@@ -82,7 +82,7 @@ class Service:
             return web.json_response({"error": "db down"}, status=500)
 
         async def stalled(request: web.Request) -> web.Response:
-            await asyncio.sleep(60)  # the stand-in's behaviour: an answer that never comes
+            await asyncio.Event().wait()  # the stand-in's behaviour: an answer that never comes
             return web.json_response({})
 
         async def flood(request: web.Request) -> web.StreamResponse:
