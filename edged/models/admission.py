@@ -22,7 +22,8 @@ from edged.models.backend import LoadedModel, TokenSink
 from edged.models.config import BudgetConfig
 from edged.models.contract import GenerateParams, Generation
 from edged.models.metrics import ModelMetrics
-from edged.models.residency import Residency, Resident
+from edged.models.residency import Residency
+from edged.models.resident import Resident
 from edged.models.streams import Handoff, TokenStream
 
 T = TypeVar("T")

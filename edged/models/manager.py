@@ -24,7 +24,8 @@ from edged.models.contract import GenerateParams, Generation
 from edged.models.jobs import Prompt, classify_job, embed_counted_job, embed_job, generate_job
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
-from edged.models.residency import Residency, audit_event
+from edged.models.residency import Residency
+from edged.models.resident import audit_event
 from edged.models.streams import TokenStream
 
 

@@ -1,12 +1,10 @@
-"""Which models are loaded: loads them on demand under the memory budget, makes room,
-unloads idle ones.
+"""Which models are loaded: loads them on demand under the memory budget, unloads idle
+ones, takes a new catalog and budget in place.
 
-Making room follows DESIGN: evict idle (nothing in flight), unpinned models, least
-recently used first; if that is not enough, wait (up to the request's deadline) for a
-model to go idle, then refuse with 503 saying what was needed and what was free. Loads run
-one at a time, so each load's real cost (RSS delta) can be measured and used instead of
-the estimate next time. Idle unloads run on timers (``IdleTimers``). Who may use a loaded
-model, and when, is ``Admission``'s job; this class only counts who holds one.
+Loads run one at a time, so each load's real cost (RSS delta) can be measured and used
+instead of the estimate next time. Making room for a load is ``Eviction``'s job; idle
+unloads run on ``IdleTimers``. Who may use a loaded model, and when, is ``Admission``'s;
+this class only counts who holds one.
 """
 
 from __future__ import annotations
@@ -15,46 +13,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from edged.audit.sink import AuditSink
-from edged.errors import BadRequest, Conflict, Unavailable
+from edged.errors import BadRequest, Conflict
 from edged.models.backend import Backend
-from edged.models.budget import Ledger, Shared, mib
+from edged.models.budget import Ledger, mib
 from edged.models.catalog import Catalog
 from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, physical_cores
+from edged.models.eviction import Eviction
 from edged.models.idle import IdleTimers
 from edged.models.load_cost import close_model, estimate, mappings, measured_load, sized
 from edged.models.memory import budget_bytes, read_memory_facts
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
+from edged.models.resident import Resident, audit_event
 from edged.models.worker import Worker
 
 log = logging.getLogger(__name__)
 
 _NO_PROFILE = ProfileConfig(threads=None, idle_unload=None, max_loaded=None,
                             prefer_smaller=False)
-
-
-@dataclass(eq=False)  # compared and hashed by identity: a reload may replace it
-class Resident:
-    """One catalog entry and, while it is loaded, its worker."""
-
-    spec: ModelSpec
-    state: str = "unloaded"  # unloaded | loading | loaded | unloading
-    worker: Worker | None = None
-    transition: asyncio.Future[None] | None = None
-    pinned: bool = False
-    active: int = 0  # requests waiting for or running on this model
-    last_used: float = 0.0
-    loaded_at: float = 0.0
-    load_seconds: float = 0.0
-    estimated: int = 0
-    measured: int | None = None
-    threads: int = 0
-    parallel: int = 1  # sequences it decodes together
-    avg_seconds: float = 1.0  # moving average of a request's run time, for Retry-After
 
 
 class Residency:
@@ -70,11 +49,12 @@ class Residency:
         self._slots = {alias: Resident(spec) for alias, spec in cfg.catalog.items()}
         self._ledger = Ledger(budget_bytes)
         self._learned: dict[str, int] = {}  # alias -> measured own bytes of its last load
-        self._room = asyncio.Lock()  # one load (and its room-making) at a time
-        self._changed = asyncio.Event()  # a model went idle, was unloaded or unpinned
         self._generation = 0  # counts changes of the loaded set, for /admin/ps?wait
         self._moved = asyncio.Event()
         self._idle: IdleTimers[Resident] = IdleTimers(self._idle_expired)
+        self._eviction = Eviction(self._ledger, residents=lambda: self._slots.values(),
+                                  unload=self._unload, settings=self.settings,
+                                  metrics=metrics, audit=audit)
         self._tasks: set[asyncio.Task[None]] = set()
         self._show_budget()
 
@@ -145,7 +125,7 @@ class Residency:
         slot.active -= 1
         slot.last_used = asyncio.get_running_loop().time()
         if slot.active == 0:
-            self._changed.set()
+            self._eviction.freed()
             if slot.state == "loaded" and not slot.pinned:
                 self._idle.arm(slot, slot.last_used, self._idle_timeout())
 
@@ -217,22 +197,11 @@ class Residency:
             await self._load(slot, deadline)
 
     async def _load(self, slot: Resident, deadline: float) -> None:
-        await self._enter_room(slot, deadline)
+        await self._eviction.enter(slot, deadline)
         try:
             await self._load_serial(slot, deadline)
         finally:
-            self._room.release()
-
-    async def _enter_room(self, slot: Resident, deadline: float) -> None:
-        """Queue behind the load in progress, but only until the request's deadline."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._room.acquire()
-        except TimeoutError:
-            busy = [s.spec.alias for s in self._slots.values() if s.state == "loading"]
-            raise Unavailable(f"model {slot.spec.alias!r} could not start loading before its "
-                              f"deadline: waiting behind the load of {', '.join(busy) or '?'}",
-                              code="over_budget") from None
+            self._eviction.leave()
 
     async def _load_serial(self, slot: Resident, deadline: float) -> None:
         if slot.state != "unloaded":  # another request loaded it while this one queued
@@ -260,7 +229,7 @@ class Residency:
         own_est, shared = await asyncio.to_thread(estimate, backend, spec, path, threads)
         own = self._learned.get(spec.alias, own_est)
         slot.estimated = own_est + sum(shared.values())
-        await self._make_room(slot, own, shared, deadline)
+        await self._eviction.make_room(slot, own, shared, deadline)
         self._ledger.charge(spec.alias, own, shared)
         self._show_budget()
         worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec),
@@ -303,61 +272,6 @@ class Residency:
                         "the next eviction", alias, mib(measured_own), mib(-self._ledger.free()))
         self._show_budget()
 
-    async def _make_room(self, slot: Resident, own: int, shared: Shared,
-                         deadline: float) -> None:
-        whole = own + sum(shared.values())
-        if whole > self._ledger.total:
-            await self._refuse(slot, whole, "model_too_large",
-                               f"model {slot.spec.alias!r} needs {mib(whole)}, more "
-                               f"than the whole budget of {mib(self._ledger.total)} "
-                               "(budget.memory)")
-        loop = asyncio.get_running_loop()
-        while True:
-            need = self._ledger.need(own, shared)
-            if need <= self._ledger.free() and self._count_allows(slot):
-                return
-            victim = self._lru_victim(slot)
-            if victim is not None:
-                await self._unload(victim, "evicted")
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                await self._refuse(slot, need, "over_budget", self._no_room_message(slot, need))
-            self._changed.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._changed.wait()
-            except TimeoutError:
-                pass
-
-    def _count_allows(self, slot: Resident) -> bool:
-        cap = self.settings().max_loaded
-        others = sum(1 for s in self._slots.values()
-                     if s is not slot and s.state in ("loaded", "loading"))
-        return cap is None or others < cap
-
-    def _lru_victim(self, loading: Resident) -> Resident | None:
-        idle = [s for s in self._slots.values()
-                if s is not loading and s.state == "loaded" and not s.active and not s.pinned]
-        return min(idle, key=lambda s: s.last_used, default=None)
-
-    def _no_room_message(self, slot: Resident, need: int) -> str:
-        held = [f"{s.spec.alias} ({mib(self._ledger.cost_of(s.spec.alias))}, "
-                f"{'pinned' if s.pinned else 'busy'})"
-                for s in self._slots.values() if s is not slot and s.state != "unloaded"]
-        return (f"model {slot.spec.alias!r} needs {mib(need)} but only "
-                f"{mib(max(0, self._ledger.free()))} of the {mib(self._ledger.total)} budget is "
-                f"free; held by: {', '.join(held) or 'nothing'}")
-
-    async def _refuse(self, slot: Resident, need: int, code: str, message: str) -> None:
-        free = max(0, self._ledger.free())
-        self._metrics.refusals.labels(slot.spec.alias, code).inc()
-        log.warning("%s", message)
-        await audit_event(self._audit, "model.refused", {
-            "model": slot.spec.alias, "reason": code, "needed_bytes": need, "free_bytes": free})
-        raise Unavailable(message, code=code, needed_bytes=need, free_bytes=free,
-                          budget_bytes=self._ledger.total)
-
     # -- unloading -------------------------------------------------------------------------
 
     async def _unload(self, slot: Resident, reason: str) -> None:
@@ -376,7 +290,7 @@ class Residency:
             slot.state = "unloaded"
             slot.transition.set_result(None)
             slot.transition = None
-            self._changed.set()
+            self._eviction.freed()
             self._bump()
             self._show_budget()
         self._metrics.evictions.labels(alias, reason).inc()
@@ -474,12 +388,3 @@ class Residency:
     def _idle_timeout(self) -> float:
         return self.settings().idle_unload or self._cfg.budget.idle_unload
 
-
-async def audit_event(audit: AuditSink | None, kind: str, data: dict[str, Any]) -> None:
-    """Append a model event; a failing audit log raises its own alarm, the event stands."""
-    if audit is None:
-        return
-    try:
-        await audit.append(kind, "daemon", data)
-    except Exception:
-        log.exception("could not audit %s", kind)

@@ -6,7 +6,7 @@ tests (test_manager.py, test_queue.py) drive the same parts through the socket."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,11 @@ from edged.audit.sink import AuditSink
 from edged.models.catalog import Catalog
 from edged.models.config import ModelsConfig, ModelSpec, parse_models
 from edged.models.llama_backend import LlamaBackend
+from edged.models.load_cost import estimate
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
 from edged.models.residency import Residency
+from edged.models.resident import Resident
 from edged.tomlreader import Table
 from tests.edgedtest import MODEL_CACHE
 
@@ -68,3 +70,28 @@ async def running(residency: Residency) -> AsyncIterator[Residency]:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def load(r: Residency, alias: str, within: float = 120) -> Resident:
+    """Load ``alias`` as a request would (held while loading), then let it go idle."""
+    slot = r.resident(alias)
+    r.hold(slot)
+    try:
+        await r.ensure_loaded(slot, asyncio.get_running_loop().time() + within)
+    finally:
+        r.release(slot)
+    return slot
+
+
+async def until(r: Residency, done: Callable[[], bool]) -> None:
+    """Wait on the residency's change notices (no sleeps) until ``done()`` is true."""
+    async with asyncio.timeout(60):
+        while not done():
+            await r.wait_change(r.ps()["generation"])
+
+
+def whole_cost(bundled: Path, **over: object) -> int:
+    """What loading one alias alone costs by the estimate: its own bytes, the weights, the
+    runtime's heap."""
+    own, shared = estimate(LlamaBackend(), bundled_spec(bundled, **over), bundled, 1)
+    return own + sum(shared.values())

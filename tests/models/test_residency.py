@@ -1,54 +1,24 @@
-"""Residency in this process on the bundled model: loads on demand charge the ledger,
-idle unpinned models make room, pinned ones do not, hopeless loads fail at once, idle
-timers unload (and follow a power profile switch), a config reload swaps only what
-changed."""
+"""Residency in this process on the bundled model: loads on demand charge the ledger and
+are audited, idle timers unload (and follow a power profile switch), a config reload
+swaps only what changed. Making room is in test_eviction.py."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edged.errors import Conflict, Unavailable
+from edged.errors import Conflict
 from edged.models.config import ModelsConfig
-from edged.models.llama_backend import LlamaBackend
-from edged.models.load_cost import estimate
 from edged.models.power import PowerMonitor
-from edged.models.residency import Residency, Resident
 from tests.edgedtest import bundled_alias
-from tests.models.local import MiB, Parts, bundled_spec, models_config, running
+from tests.models.local import MiB, Parts, load, models_config, running, until, whole_cost
 from tests.models.test_power import RecordingAudit
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-async def load(r: Residency, alias: str, within: float = 120) -> Resident:
-    """Load ``alias`` as a request would (held while loading), then let it go idle."""
-    slot = r.resident(alias)
-    r.hold(slot)
-    try:
-        await r.ensure_loaded(slot, asyncio.get_running_loop().time() + within)
-    finally:
-        r.release(slot)
-    return slot
-
-
-async def until(r: Residency, done: Callable[[], bool]) -> None:
-    """Wait on the residency's change notices (no sleeps) until ``done()`` is true."""
-    async with asyncio.timeout(60):
-        while not done():
-            await r.wait_change(r.ps()["generation"])
-
-
-def whole_cost(bundled: Path, **over: object) -> int:
-    """What loading one alias alone costs by the estimate: its own bytes, the weights, the
-    runtime's heap."""
-    own, shared = estimate(LlamaBackend(), bundled_spec(bundled, **over), bundled, 1)
-    return own + sum(shared.values())
 
 
 async def test_a_load_charges_the_budget_and_an_unload_frees_it(
@@ -73,48 +43,6 @@ async def test_a_load_charges_the_budget_and_an_unload_frees_it(
     kinds = [kind for kind, _actor, _data in audit.events]
     assert kinds == ["model.load", "model.unload"]
     assert audit.events[1][2]["reason"] == "admin"
-
-
-async def test_an_idle_model_makes_room_and_a_pinned_one_does_not(
-        tmp_path: Path, bundled_model_path: Path) -> None:
-    # Room for "b" alone (by its estimate), not for "b" next to "a".
-    budget = whole_cost(bundled_model_path, context=1024) + MiB
-    cfg = models_config(tmp_path, {"a": bundled_alias(parallel=1),
-                                   "b": bundled_alias(context=1024, parallel=1)})
-    parts = Parts(cfg, budget_bytes=budget)
-    async with running(parts.residency) as r:
-        await load(r, "a")
-        await load(r, "b")  # "a" is idle and unpinned: evicted at once
-        assert [m["model"] for m in r.ps()["models"]] == ["b"]
-        assert parts.sample("edged_model_evictions_total", model="a", reason="evicted") == 1
-        r.keep(r.resident("b"), pin=True)
-        with pytest.raises(Unavailable) as e:
-            await load(r, "a", within=0.05)  # waits for room until its deadline, then 503
-        assert e.value.code == "over_budget"
-        assert "'a' needs" in e.value.message and "b (" in e.value.message
-        assert "pinned" in e.value.message
-        assert r.resident("a").state == "unloaded"
-        assert [m["model"] for m in r.ps()["models"]] == ["b"]
-
-
-async def test_a_model_larger_than_the_whole_budget_fails_at_once(
-        tmp_path: Path, bundled_model_path: Path) -> None:
-    audit = RecordingAudit()
-    cfg = models_config(tmp_path, {"a": bundled_alias(parallel=1),
-                                   "huge": bundled_alias(context=32768, parallel=1)})
-    budget = whole_cost(bundled_model_path) + 64 * MiB  # "a" fits, "huge" never does
-    parts = Parts(cfg, budget_bytes=budget, audit=audit)
-    async with running(parts.residency) as r:
-        await load(r, "a")
-        with pytest.raises(Unavailable) as e:
-            await load(r, "huge", within=3600)  # no waiting: it can never fit
-        assert e.value.code == "model_too_large"
-        assert "more than the whole budget" in e.value.message
-        assert [m["model"] for m in r.ps()["models"]] == ["a"]  # nothing evicted for it
-    refused = [data for kind, _actor, data in audit.events if kind == "model.refused"]
-    assert refused == [{"model": "huge", "reason": "model_too_large",
-                        "needed_bytes": whole_cost(bundled_model_path, context=32768),
-                        "free_bytes": refused[0]["free_bytes"]}]
 
 
 async def test_an_idle_model_unloads_on_its_timer_and_a_pinned_one_stays(
