@@ -1,34 +1,31 @@
 """Which models are loaded: loads them on demand under the memory budget, unloads idle
 ones, takes a new catalog and budget in place.
 
-Loads run one at a time, so each load's real cost (RSS delta) can be measured and used
-instead of the estimate next time. Making room for a load is ``Eviction``'s job; idle
-unloads run on ``IdleTimers``. Who may use a loaded model, and when, is ``Admission``'s;
-this class only counts who holds one.
+A load itself (sizing, estimate, worker, measured cost) is ``Loader``'s job, making room
+for it ``Eviction``'s; idle unloads run on ``IdleTimers``. Who may use a loaded model, and
+when, is ``Admission``'s; this class only counts who holds one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from edged.audit.sink import AuditSink
-from edged.errors import BadRequest, Conflict
+from edged.errors import Conflict
 from edged.models.backend import Backend
-from edged.models.budget import Ledger, mib
+from edged.models.budget import Ledger
 from edged.models.catalog import Catalog
-from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig, physical_cores
+from edged.models.config import ModelsConfig, ModelSpec, ProfileConfig
 from edged.models.eviction import Eviction
 from edged.models.idle import IdleTimers
-from edged.models.load_cost import close_model, estimate, mappings, measured_load, sized
+from edged.models.loader import Loader
 from edged.models.memory import budget_bytes, read_memory_facts
 from edged.models.metrics import ModelMetrics
 from edged.models.power import PowerMonitor
 from edged.models.resident import Resident, audit_event
-from edged.models.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +39,20 @@ class Residency:
                  power: PowerMonitor | None = None) -> None:
         self._cfg = cfg
         self._catalog = catalog
-        self._backends = backends
         self._metrics = metrics
         self._audit = audit
         self._power = power
         self._slots = {alias: Resident(spec) for alias, spec in cfg.catalog.items()}
         self._ledger = Ledger(budget_bytes)
-        self._learned: dict[str, int] = {}  # alias -> measured own bytes of its last load
         self._generation = 0  # counts changes of the loaded set, for /admin/ps?wait
         self._moved = asyncio.Event()
         self._idle: IdleTimers[Resident] = IdleTimers(self._idle_expired)
         self._eviction = Eviction(self._ledger, residents=lambda: self._slots.values(),
                                   unload=self._unload, settings=self.settings,
                                   metrics=metrics, audit=audit)
+        self._loader = Loader(self._ledger, backends=backends, eviction=self._eviction,
+                              metrics=metrics, settings=self.settings,
+                              profile_name=self.profile_name, audit=audit)
         self._tasks: set[asyncio.Task[None]] = set()
         self._show_budget()
 
@@ -209,7 +207,7 @@ class Residency:
         slot.state = "loading"
         slot.transition = asyncio.get_running_loop().create_future()
         try:
-            await self._load_locked(slot, deadline)
+            await self._loader.load(slot, self._catalog, deadline)
         except BaseException:
             self._ledger.release(slot.spec.alias)
             slot.state = "unloaded"
@@ -219,58 +217,6 @@ class Residency:
             slot.transition = None
             self._bump()
             self._show_budget()
-
-    async def _load_locked(self, slot: Resident, deadline: float) -> None:
-        spec = slot.spec
-        path = await self._catalog.resolve(spec)
-        backend = self._backend(spec)
-        threads = self._threads(spec)
-        spec = await asyncio.to_thread(sized, backend, spec, path, threads, self._ledger.total)
-        own_est, shared = await asyncio.to_thread(estimate, backend, spec, path, threads)
-        own = self._learned.get(spec.alias, own_est)
-        slot.estimated = own_est + sum(shared.values())
-        await self._eviction.make_room(slot, own, shared, deadline)
-        self._ledger.charge(spec.alias, own, shared)
-        self._show_budget()
-        worker = Worker(spec.alias, asyncio.get_running_loop(), self._queue_wait_observer(spec),
-                        parallel=spec.parallel or 1)
-        started = time.perf_counter()
-        _model, delta = await worker.start(lambda: measured_load(backend, spec, path, threads),
-                                           close_model)
-        slot.parallel = spec.parallel or 1
-        self._loaded(slot, worker, threads, time.perf_counter() - started)
-        # The load mapped its file afresh (in its RSS delta); runtime heaps grow later.
-        mapped = sum(v for k, v in shared.items() if k.startswith("file:"))
-        self._learn(slot, delta - mapped * mappings(backend, spec))
-        await audit_event(self._audit, "model.load", {
-            "model": spec.alias, "bytes": self._ledger.cost_of(spec.alias),
-            "estimated_bytes": slot.estimated, "seconds": round(slot.load_seconds, 3),
-            "threads": threads, "parallel": slot.parallel, "profile": self.profile_name()})
-
-    def _loaded(self, slot: Resident, worker: Worker, threads: int, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        slot.worker = worker
-        slot.state = "loaded"
-        slot.threads = threads
-        slot.load_seconds = seconds
-        slot.loaded_at = slot.last_used = loop.time()
-        self._metrics.load_seconds.labels(slot.spec.alias).observe(seconds)
-        self._metrics.loaded.labels(slot.spec.alias).set(1)
-        log.info("loaded %s in %.2fs (%d threads, %d sequences)", slot.spec.alias, seconds,
-                 threads, slot.parallel)
-
-    def _learn(self, slot: Resident, measured_own: int) -> None:
-        """Charge what the load really added; remember it for the next load's estimate."""
-        alias = slot.spec.alias
-        if measured_own <= 0:  # noise from a concurrent free: keep the estimate
-            return
-        slot.measured = measured_own
-        self._learned[alias] = measured_own
-        self._ledger.correct(alias, measured_own)
-        if self._ledger.free() < 0:
-            log.warning("model %s cost %s more than estimated; the budget is over by %s until "
-                        "the next eviction", alias, mib(measured_own), mib(-self._ledger.free()))
-        self._show_budget()
 
     # -- unloading -------------------------------------------------------------------------
 
@@ -334,56 +280,19 @@ class Residency:
         size = await asyncio.to_thread(self._catalog.size_bytes, spec)
         estimated = slot.estimated or None
         if estimated is None and size is not None:
-            estimated = await asyncio.to_thread(self._try_estimate, spec)
+            estimated = await asyncio.to_thread(self._loader.whole_estimate, spec, self._catalog)
         return {"id": spec.alias, "object": "model", "created": 0, "owned_by": "edged",
                 "state": "loaded" if slot.state == "loaded" else "unloaded",
                 "size_bytes": size, "estimated_bytes": estimated, "format": spec.format,
                 "context": spec.context, "pinned": slot.pinned}
 
-    def _try_estimate(self, spec: ModelSpec) -> int | None:
-        try:
-            backend, path = self._backend(spec), self._catalog.path_of(spec)
-            source = self._catalog.unassembled_header(spec)
-            prime = getattr(backend, "prime", None)
-            if source is not None and prime is not None:
-                prime(path, *source)
-            threads = self._threads(spec)
-            spec = sized(backend, spec, path, threads, self._ledger.total)
-            own, shared = estimate(backend, spec, path, threads)
-        except Exception as e:  # a bad file shows as "no estimate" here, and fails its load
-            log.debug("no estimate for %s: %s", spec.alias, e)
-            return None
-        return own + sum(shared.values())
-
     def _show_budget(self) -> None:
-        self._metrics.budget.set(self._ledger.total)
-        self._metrics.budget_used.set(self._ledger.used())
-        self._metrics.budget_free.set(self._ledger.free())
+        self._metrics.show_budget(self._ledger)
 
     def _bump(self) -> None:
         self._generation += 1
         self._moved.set()
         self._moved = asyncio.Event()
-
-    def _backend(self, spec: ModelSpec) -> Backend:
-        backend = self._backends.get(spec.format)
-        if backend is None:
-            raise BadRequest(f"models.{spec.alias}.format: no {spec.format} backend in this "
-                             "build", code="no_backend")
-        return backend
-
-    def _threads(self, spec: ModelSpec) -> int:
-        # Default as llama.cpp's and Ollama's: one thread per physical core. Half the cores
-        # (llama-cpp-python's default) cost 0.6x of the box's decode speed; the event loop
-        # and the socket take little, and llama.cpp's OpenMP threads spin only for ~10 ms
-        # after a decode step, then sleep (docs/performance.md, "Threads").
-        profile = self.settings().threads
-        own = spec.threads or physical_cores()
-        return min(own, profile) if profile else own
-
-    def _queue_wait_observer(self, spec: ModelSpec) -> Callable[[Any], None]:
-        histogram = self._metrics.queue_wait.labels(spec.alias)
-        return lambda job: histogram.observe(job.started - job.enqueued)
 
     def _idle_timeout(self) -> float:
         return self.settings().idle_unload or self._cfg.budget.idle_unload
