@@ -191,6 +191,10 @@ class LoadedLlama:
         """Sequences in the context right now (for /admin/ps)."""
         return self._scheduler.running()
 
+    def cached(self) -> int:
+        """Cached prefixes in the context (for /admin/ps)."""
+        return self._scheduler.cached()
+
     def generate(self, prompt: str | Sequence[dict[str, Any]], params: GenerateParams,
                  on_token: TokenSink | None) -> Generation:
         """Runs among the model's other sequences; safe to call from several threads."""

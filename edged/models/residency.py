@@ -97,6 +97,7 @@ class Residency:
             "measured_bytes": slot.measured, "idle_seconds": round(idle, 1),
             "in_flight": slot.active, "queue_depth": slot.worker.depth() if slot.worker else 0,
             "running": slot.worker.sequences() if slot.worker else 0,
+            "cached_prefixes": slot.worker.cached_prefixes() if slot.worker else 0,
             "parallel": slot.parallel,
             "threads": slot.threads, "load_seconds": round(slot.load_seconds, 3),
         }
