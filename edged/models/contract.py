@@ -21,6 +21,8 @@ class GenerateParams:
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.95
+    top_k: int = 40  # 0: the whole vocabulary (llama.cpp's defaults, as its server takes them)
+    min_p: float = 0.05
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # a GBNF grammar (llama.cpp) constraining the output
     seed: int | None = None

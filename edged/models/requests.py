@@ -66,6 +66,8 @@ def params_from(t: Table, default_max: int) -> GenerateParams:
         max_tokens=max_tokens,
         temperature=t.float("temperature", 0.7, min=0, max=2),
         top_p=t.float("top_p", 0.95, min=0, max=1),
+        top_k=t.int("top_k", 40, min=0, max=1000),  # llama-server's extensions
+        min_p=t.float("min_p", 0.05, min=0, max=1),
         stop=_stop(t),
         seed=t.int("seed", None),
         frequency_penalty=t.float("frequency_penalty", 0.0, min=-2, max=2),

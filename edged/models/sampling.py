@@ -5,9 +5,9 @@ logits row): no copy of the 262k-entry logits into Python. A chain is built per 
 from its ``GenerateParams``: a grammar first when there is one (it must see the whole
 vocabulary, or top-k could leave it nothing it accepts), then the repetition penalties
 over the last ``PENALTY_LAST_N`` generated tokens (when asked for), then top-k, top-p,
-min-p, temperature and a seeded draw; temperature 0 is a greedy pick. The defaults are
-llama-cpp-python's ``create_completion`` ones (top_k 40, min_p 0.05), so answers read as
-they did before the scheduler.
+min-p, temperature and a seeded draw; temperature 0 is a greedy pick. The defaults of top_k and
+min_p (``GenerateParams``) are llama-cpp-python's ``create_completion`` ones (40, 0.05), so
+answers read as they did before the scheduler.
 
 Stop strings are matched on text: a piece that could be the start of a stop string is held
 back until the next piece decides, so a stop string never reaches the client.
@@ -25,8 +25,6 @@ from typing import Any
 from edged.errors import BadRequest
 from edged.models.contract import GenerateParams
 
-TOP_K = 40
-MIN_P = 0.05
 GRAMMARS_KEPT = 16
 PENALTY_LAST_N = 64  # llama.cpp's default window
 
@@ -97,10 +95,12 @@ def chain(params: GenerateParams, grammars: Grammars) -> Any:
     if params.temperature <= 0:
         add(smpl, llama_cpp.llama_sampler_init_greedy())
         return smpl
-    add(smpl, llama_cpp.llama_sampler_init_top_k(TOP_K))
+    if params.top_k > 0:
+        add(smpl, llama_cpp.llama_sampler_init_top_k(params.top_k))
     if params.top_p < 1:
         add(smpl, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-    add(smpl, llama_cpp.llama_sampler_init_min_p(MIN_P, 1))
+    if params.min_p > 0:
+        add(smpl, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
     add(smpl, llama_cpp.llama_sampler_init_temp(params.temperature))
     add(smpl, llama_cpp.llama_sampler_init_dist(_seed(params.seed)))
     return smpl

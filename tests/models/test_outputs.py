@@ -143,15 +143,16 @@ def test_free_strings_get_a_bound_and_bounded_ones_keep_theirs() -> None:
     assert props["e"]["anyOf"][0]["maxLength"] == 128
 
 
-def test_penalties_and_cache_prompt_are_read_and_bounded() -> None:
+def test_sampling_extensions_are_read_and_bounded() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
             "frequency_penalty": 0.5, "presence_penalty": -1, "repeat_penalty": 1.1,
-            "cache_prompt": False}
+            "cache_prompt": False, "top_k": 0, "min_p": 0.1}
     params = parse_chat(body).params
     assert (params.frequency_penalty, params.presence_penalty, params.repeat_penalty,
-            params.cache_prompt) == (0.5, -1.0, 1.1, False)
+            params.cache_prompt, params.top_k, params.min_p) == (0.5, -1.0, 1.1, False, 0, 0.1)
     assert parse_chat({**body, "cache_prompt": True}).params.cache_prompt
     for field, value in (("frequency_penalty", 2.5), ("presence_penalty", "x"),
-                         ("repeat_penalty", 0), ("cache_prompt", "no")):
+                         ("repeat_penalty", 0), ("cache_prompt", "no"), ("top_k", -1),
+                         ("min_p", 1.5)):
         with pytest.raises(BadRequest, match=field):
             parse_chat({**body, field: value})
