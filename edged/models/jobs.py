@@ -43,6 +43,8 @@ def generate_job(metrics: ModelMetrics, alias: str, prompt: Prompt, params: Gene
                 metrics.tokens_per_second.labels(alias).observe(
                     (gen.completion_tokens - 1) / decode)
         metrics.tokens.labels(alias).inc(gen.completion_tokens)
+        metrics.prompt_tokens.labels(alias).inc(gen.prompt_tokens)
+        metrics.cached_tokens.labels(alias).inc(gen.cached_tokens)
         return gen
     return job
 

@@ -22,6 +22,11 @@ class ModelMetrics:
                               ["model"], buckets=LATENCY_BUCKETS, registry=registry)
         self.tokens = Counter("edged_model_tokens", "tokens generated", ["model"],
                               registry=registry)
+        self.prompt_tokens = Counter("edged_model_prompt_tokens", "prompt tokens read",
+                                     ["model"], registry=registry)
+        self.cached_tokens = Counter("edged_model_cached_prompt_tokens",
+                                     "prompt tokens found in a cached prefix, not decoded",
+                                     ["model"], registry=registry)
         self.queue_depth = Gauge("edged_model_queue_depth", "requests waiting or running",
                                  ["model"], registry=registry)
         self.queue_wait = Histogram("edged_model_queue_wait_seconds",

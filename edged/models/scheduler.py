@@ -97,7 +97,6 @@ class SequenceScheduler:
         self._cache_slots = cache_slots
         self._cached: OrderedDict[int, _Cached] = OrderedDict()  # least recently used first
         self._n_swa = llama_cpp.llama_model_n_swa(model.model)
-        self.shared_tokens = 0  # prompt tokens served from cached prefixes, for /metrics
         self._waiting: deque[_Seq] = deque()
         self._held: list[_Seq] = []  # gave way to a full KV cache: wait for a sequence to end
         self._running: list[_Seq] = []
@@ -210,7 +209,6 @@ class SequenceScheduler:
         seq.kv = seq.prompt[:shared]
         seq.feed = seq.prompt[shared:]
         seq.shared = shared
-        self.shared_tokens += shared
 
     def _reusable(self, other: _Seq | _Cached, prompt: list[int]) -> int:
         """How many of ``prompt``'s first tokens can come from ``other``'s cells: their
@@ -331,7 +329,6 @@ class SequenceScheduler:
         llama_cpp.llama_memory_seq_rm(self._mem, youngest.seq_id, -1, -1)
         self._running.remove(youngest)
         self._free_ids.append(youngest.seq_id)
-        self.shared_tokens -= youngest.shared
         youngest.seq_id, youngest.kv, youngest.feed = -1, [], list(youngest.prompt)
         self._held.append(youngest)
 

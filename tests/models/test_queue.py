@@ -131,6 +131,9 @@ def test_a_repeated_prefix_is_served_from_the_cache_and_shown(daemon: RunningDae
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert 60 < cached <= second["usage"]["prompt_tokens"] - 2
     assert daemon.client.get("/admin/ps")["models"][0]["cached_prefixes"] >= 1
+    metrics = daemon.client.get("/metrics")
+    assert float(re.search(r'edged_model_cached_prompt_tokens_total{model="g"} (\S+)',
+                           metrics).group(1)) >= cached  # type: ignore[union-attr]
     refused = post(daemon, {"model": "g", "prompt": opening, "max_tokens": 2,
                             "cache_prompt": "yes"})
     assert refused[0] == 400 and "cache_prompt" in refused[2]["error"]["message"]
