@@ -31,6 +31,7 @@ class ModelSpec:
     kind: str  # chat | embedding | classifier
     tool_rounds: int = 1  # rounds of tool calls in a row before "auto" answers in text
     parallel: int | None = None  # GGUF sequences decoded together; None: from the budget
+    prefix_cache: int | None = None  # ended sequences kept as shared prefixes; None: parallel
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def _parse_spec(alias: str, t: Table) -> ModelSpec:
         kind=t.choice("kind", ("chat", "embedding", "classifier"), "chat"),
         tool_rounds=t.int("tool_rounds", 1, min=1, max=64),
         parallel=t.int("parallel", None, min=1, max=MAX_PARALLEL),
+        prefix_cache=t.int("prefix_cache", None, min=0, max=MAX_PARALLEL),
     )
     if fmt == "onnx" and package is not None:
         _check_packaged_encoder(spec, t)

@@ -24,6 +24,14 @@ class GenerateParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # a GBNF grammar (llama.cpp) constraining the output
     seed: int | None = None
+    # Repetition, as OpenAI and llama.cpp take it: each past token's logit is divided by
+    # repeat_penalty, less count x frequency_penalty, less presence_penalty once seen.
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    # May share the KV cells of a cached prefix. Off: the whole prompt is decoded, so a
+    # seeded request gives the same text whatever ran before it (see docs/models.md).
+    cache_prompt: bool = True
     priority: int = PRIORITY_NORMAL
     deadline: float | None = None  # loop.time() by which the request must have started
     # Never to a remote alias (an agent with phi = true); refused where it would leave.
@@ -37,6 +45,7 @@ class Generation:
     finish_reason: str  # stop | length | cancelled
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from a shared prefix
     extra: dict[str, Any] = field(default_factory=dict)
 
 

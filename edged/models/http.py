@@ -47,9 +47,10 @@ MAX_PS_WAIT = 60.0
 LAST_WORDS = 2.0  # seconds a cancelled stream may take to tell the client it ends
 
 
-def _usage(gen: Generation) -> dict[str, int]:
+def _usage(gen: Generation) -> dict[str, Any]:
     return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}
 
 
 def _finish(reason: str) -> str:

@@ -91,10 +91,11 @@ class LlamaBackend:
         extra = 0
         if spec.embedding:  # its own context, plus logits for a whole batch (see above)
             extra = context_bytes(info, EMBED_CTX) + info.n_vocab * EMBED_BATCH * 4
-        # KV cells for every sequence, and a logits row per sequence decoded in a step.
+        # KV cells for every sequence (cached prefixes share them), and a logits row per
+        # sequence id.
         parallel = parallel_of(spec)
         return context_bytes(info, spec.context * parallel) + extra \
-            + info.n_vocab * 4 * (parallel - 1)
+            + info.n_vocab * 4 * (parallel + cache_slots_of(spec) - 1)
 
     def warm_up(self) -> None:
         """Blocking: map the native library (once per process); llama.cpp's own log lines
@@ -134,7 +135,7 @@ class LlamaBackend:
                 raise corrupt(e) from None
         scheduler = SequenceScheduler(spec.alias, model, ctx, parallel=parallel_of(spec),
                                       context=spec.context, n_batch=N_BATCH,
-                                      steps=self._steps)
+                                      steps=self._steps, cache_slots=cache_slots_of(spec))
         log.debug("loaded %s (%s, %d layers, %d sequences)", spec.alias, info.architecture,
                   info.n_layer, parallel_of(spec))
         return LoadedLlama(spec, model, ctx, scheduler, emb, self._steps)
@@ -144,16 +145,22 @@ def parallel_of(spec: ModelSpec) -> int:
     return spec.parallel or 1
 
 
+def cache_slots_of(spec: ModelSpec) -> int:
+    """Ended sequences kept as shared prefixes: one per running sequence unless set."""
+    return parallel_of(spec) if spec.prefix_cache is None else spec.prefix_cache
+
+
 def _sequence_context(model: Any, spec: ModelSpec, threads: int) -> Any:
     """One context for all of the model's sequences: a unified KV cache of ``context``
-    cells per sequence."""
+    cells per running sequence, which cached prefixes share."""
     import llama_cpp
     parallel = parallel_of(spec)
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx = spec.context * parallel
     cp.n_batch = cp.n_ubatch = N_BATCH
-    cp.n_seq_max = parallel
-    cp.n_outputs_max = parallel  # one logits row per sequence a step, not one per token
+    cp.n_seq_max = parallel + cache_slots_of(spec)  # cached prefixes keep ids of their own
+    # One logits row per sequence a step, not one per token (llama.cpp wants one per id).
+    cp.n_outputs_max = cp.n_seq_max
     cp.n_threads = cp.n_threads_batch = threads
     cp.kv_unified = True
     cp.swa_full = False  # a sliding-window layer keeps its window per sequence, not n_ctx
@@ -183,6 +190,10 @@ class LoadedLlama:
     def running(self) -> int:
         """Sequences in the context right now (for /admin/ps)."""
         return self._scheduler.running()
+
+    def cached(self) -> int:
+        """Cached prefixes in the context (for /admin/ps)."""
+        return self._scheduler.cached()
 
     def generate(self, prompt: str | Sequence[dict[str, Any]], params: GenerateParams,
                  on_token: TokenSink | None) -> Generation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edged.metrics import LATENCY_BUCKETS
+from edged.models.budget import Ledger
 
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -38,3 +39,8 @@ class ModelMetrics:
                                  registry=registry)
         self.budget_free = Gauge("edged_budget_free_bytes", "budget left for more models",
                                  registry=registry)
+
+    def show_budget(self, ledger: Ledger) -> None:
+        self.budget.set(ledger.total)
+        self.budget_used.set(ledger.used())
+        self.budget_free.set(ledger.free())

@@ -68,6 +68,10 @@ def params_from(t: Table, default_max: int) -> GenerateParams:
         top_p=t.float("top_p", 0.95, min=0, max=1),
         stop=_stop(t),
         seed=t.int("seed", None),
+        frequency_penalty=t.float("frequency_penalty", 0.0, min=-2, max=2),
+        presence_penalty=t.float("presence_penalty", 0.0, min=-2, max=2),
+        repeat_penalty=t.float("repeat_penalty", 1.0, min=0.5, max=2),  # llama.cpp's name
+        cache_prompt=t.bool("cache_prompt", True),  # llama-server's name
     )
 
 

@@ -248,7 +248,7 @@ class ResponseEvents:
         if gen is not None:
             usage = {"input_tokens": gen.prompt_tokens, "output_tokens": gen.completion_tokens,
                      "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-                     "input_tokens_details": {"cached_tokens": 0},
+                     "input_tokens_details": {"cached_tokens": gen.cached_tokens},
                      "output_tokens_details": {"reasoning_tokens": 0}}
         return {"id": self._req.ident, "object": "response", "created_at": self._req.created,
                 "status": status, "model": self._req.chat.model, "output": output,

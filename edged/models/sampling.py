@@ -3,8 +3,9 @@
 Every token of every sequence is chosen in C (``llama_sampler_sample`` on the context's
 logits row): no copy of the 262k-entry logits into Python. A chain is built per request
 from its ``GenerateParams``: a grammar first when there is one (it must see the whole
-vocabulary, or top-k could leave it nothing it accepts), then top-k, top-p, min-p,
-temperature and a seeded draw; temperature 0 is a greedy pick. The defaults are
+vocabulary, or top-k could leave it nothing it accepts), then the repetition penalties
+over the last ``PENALTY_LAST_N`` generated tokens (when asked for), then top-k, top-p,
+min-p, temperature and a seeded draw; temperature 0 is a greedy pick. The defaults are
 llama-cpp-python's ``create_completion`` ones (top_k 40, min_p 0.05), so answers read as
 they did before the scheduler.
 
@@ -27,6 +28,7 @@ from edged.models.contract import GenerateParams
 TOP_K = 40
 MIN_P = 0.05
 GRAMMARS_KEPT = 16
+PENALTY_LAST_N = 64  # llama.cpp's default window
 
 
 class Grammars:
@@ -34,7 +36,9 @@ class Grammars:
     clone, so parsing is paid once per distinct grammar."""
 
     def __init__(self, vocab: Any) -> None:
+        import llama_cpp
         self._vocab = vocab
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(vocab)
         self._parsed: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -85,6 +89,11 @@ def chain(params: GenerateParams, grammars: Grammars) -> Any:
     except BaseException:
         llama_cpp.llama_sampler_free(smpl)
         raise
+    if (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) \
+            != (1.0, 0.0, 0.0):
+        add(smpl, llama_cpp.llama_sampler_init_penalties(
+            grammars.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty,
+            params.presence_penalty))
     if params.temperature <= 0:
         add(smpl, llama_cpp.llama_sampler_init_greedy())
         return smpl

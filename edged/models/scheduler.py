@@ -12,6 +12,14 @@ Determinism: a sequence's tokens depend only on its prompt and its own seeded ch
 llama.cpp computes each row of a batch as it would alone, so a request with a seed (or at
 temperature 0) gives the same text whatever else runs (tests/models/test_scheduler.py).
 
+Shared prefixes: a sequence that ends keeps its KV cells as a cached prefix (up to
+``cache_slots`` of them, least recently used out). A new prompt that begins like a cached
+or a running sequence (an agent's instructions and tool prompt; a chat's earlier turns)
+shares those cells (``llama_memory_seq_cp``: in a unified KV cache a copy is bookkeeping,
+not data) and decodes only the rest. Cached prefixes hold cells of the same KV cache the
+budget already charges for ``parallel`` sequences; when a step finds the cache full they
+are the first to go.
+
 Every ``llama_decode`` of the process takes ``steps`` (one lock shared by all models), so
 two loaded models never run two decodes on the same cores at once.
 """
@@ -22,7 +30,7 @@ import ctypes
 import itertools
 import logging
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +41,8 @@ from edged.models.contract import GenerateParams, Generation
 from edged.models.sampling import Grammars, Pieces, chain, token_bytes
 
 log = logging.getLogger(__name__)
+
+MIN_SHARED = 16  # fewer common tokens are cheaper to decode than to look after
 
 
 @dataclass
@@ -45,17 +55,30 @@ class _Seq:
     pieces: Pieces
     feed: list[int] = field(default_factory=list)  # tokens still to decode
     seq_id: int = -1
-    pos: int = 0  # tokens of this sequence in the KV cache
+    kv: list[int] = field(default_factory=list)  # the tokens in its KV cells, in order
+    shared: int = 0  # prompt tokens found in the cache instead of decoded
     generated: int = 0
     text: list[str] = field(default_factory=list)
     result: Generation | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def pos(self) -> int:
+        return len(self.kv)
+
+
+@dataclass
+class _Cached:
+    """The KV cells of a sequence that ended, kept under its id for a prompt that shares
+    their beginning."""
+    seq_id: int
+    kv: list[int]
+
 
 class SequenceScheduler:
     def __init__(self, name: str, model: Any, ctx: Any, *, parallel: int, context: int,
-                 n_batch: int, steps: threading.Lock) -> None:
+                 n_batch: int, steps: threading.Lock, cache_slots: int = 0) -> None:
         import llama_cpp
         self._name = name
         self._vocab = model.vocab
@@ -69,7 +92,12 @@ class SequenceScheduler:
         self._grammars = Grammars(model.vocab)
         self._piece_buf = ctypes.create_string_buffer(64)
         self._order = itertools.count()
-        self._free_ids = list(range(parallel))
+        # Sequence ids: ``parallel`` running at most, ``cache_slots`` cached prefixes.
+        self._free_ids = list(range(parallel + cache_slots))
+        self._cache_slots = cache_slots
+        self._cached: OrderedDict[int, _Cached] = OrderedDict()  # least recently used first
+        self._n_swa = llama_cpp.llama_model_n_swa(model.model)
+        self.shared_tokens = 0  # prompt tokens served from cached prefixes, for /metrics
         self._waiting: deque[_Seq] = deque()
         self._held: list[_Seq] = []  # gave way to a full KV cache: wait for a sequence to end
         self._running: list[_Seq] = []
@@ -105,6 +133,10 @@ class SequenceScheduler:
         """Sequences holding a place in the context (prefilling or generating)."""
         return len(self._running)
 
+    def cached(self) -> int:
+        """Prefixes kept for prompts that begin the same way."""
+        return len(self._cached)
+
     def close(self) -> None:
         """Stop the thread once no sequence runs (the worker drained them); free it all."""
         import llama_cpp
@@ -128,6 +160,8 @@ class SequenceScheduler:
                     while self._waiting:
                         self._end(self._waiting.popleft(), error=Unavailable(
                             f"model {self._name!r} is unloading", code="model_unloading"))
+                    while self._cached:
+                        self._evict()
                     return
                 self._admit()
             try:
@@ -138,10 +172,75 @@ class SequenceScheduler:
                     self._end(seq, error=e)
 
     def _admit(self) -> None:
-        while self._waiting and self._free_ids:
-            seq = self._waiting.popleft()
-            seq.seq_id = self._free_ids.pop(0)
+        while self._waiting and len(self._running) < self._parallel:
+            # Most urgent first (priority, then arrival); the worker already orders its
+            # queue, this keeps the order among requests that reach the context together.
+            seq = min(self._waiting, key=lambda s: (s.params.priority, s.order))
+            self._waiting.remove(seq)
+            self._place(seq)
             self._running.append(seq)
+
+    def _place(self, seq: _Seq) -> None:
+        """Give ``seq`` an id, and the cells of the longest prefix of its prompt that a
+        cached or running sequence already holds."""
+        import llama_cpp
+        best: _Seq | _Cached | None = None
+        shared = 0
+        others: list[_Seq | _Cached] = [*self._cached.values(), *self._running] \
+            if seq.params.cache_prompt else []
+        for other in others:
+            n = self._reusable(other, seq.prompt)
+            if n > shared:
+                best, shared = other, n
+        if isinstance(best, _Cached) and (shared == len(seq.prompt) - 2 or not self._free_ids):
+            # The prompt extends what it holds (a chat's next turn, a repeat), or no id is
+            # free: take over its id; its cells past the prefix go, and the rest of the
+            # prompt lands where they were.
+            del self._cached[best.seq_id]
+            seq.seq_id = best.seq_id
+            llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, shared, -1)
+        else:
+            if not self._free_ids:  # the cache has the ids a new sequence needs
+                self._evict()
+            seq.seq_id = self._free_ids.pop(0)
+            if best is not None:  # the cells are shared, not copied
+                llama_cpp.llama_memory_seq_cp(self._mem, best.seq_id, seq.seq_id, 0, shared)
+                if isinstance(best, _Cached):
+                    self._cached.move_to_end(best.seq_id)
+        seq.kv = seq.prompt[:shared]
+        seq.feed = seq.prompt[shared:]
+        seq.shared = shared
+        self.shared_tokens += shared
+
+    def _reusable(self, other: _Seq | _Cached, prompt: list[int]) -> int:
+        """How many of ``prompt``'s first tokens can come from ``other``'s cells: their
+        common prefix, less the last two prompt tokens, and nothing when a sliding-window
+        layer has already dropped cells the rest would attend to.
+
+        Two tokens, not one: llama.cpp computes a lone token with other kernels than a
+        batch of rows (llamafile's sgemm starts at two), so a repeated request whose whole
+        prompt is cached would end its prefill on other arithmetic than the first time
+        and could answer differently at temperature 0."""
+        kv = other.kv
+        n = 0
+        limit = min(len(kv), len(prompt) - 2)
+        while n < limit and kv[n] == prompt[n]:
+            n += 1
+        if n < MIN_SHARED:
+            return 0
+        if self._n_swa > 0:
+            import llama_cpp
+            first = llama_cpp.llama_memory_seq_pos_min(self._mem, other.seq_id)
+            if first > max(0, n - self._n_swa):
+                return 0
+        return n
+
+    def _evict(self) -> None:
+        """Drop the least recently used cached prefix."""
+        import llama_cpp
+        _id, cached = self._cached.popitem(last=False)
+        llama_cpp.llama_memory_seq_rm(self._mem, cached.seq_id, -1, -1)
+        self._free_ids.append(cached.seq_id)
 
     def _step(self) -> None:
         import llama_cpp
@@ -158,7 +257,7 @@ class SequenceScheduler:
                     f"model {self._name!r}: llama_decode failed ({rc})", code="decode_failed"))
             return
         for seq, n, out in planned:
-            seq.pos += n
+            seq.kv += seq.feed[:n]
             del seq.feed[:n]
             if out >= 0:
                 self._sample(seq, out)
@@ -215,6 +314,9 @@ class SequenceScheduler:
         prompt waits for the others (or fails if it is alone); one already generating
         ends as if its context were full."""
         import llama_cpp
+        if self._cached:  # cached prefixes go first; the same batch is tried again
+            self._evict()
+            return
         youngest = max((seq for seq, _n, _out in planned), key=lambda s: s.order)
         log.warning("model %s: KV cache full with %d sequences; the youngest gives way",
                     self._name, len(self._running))
@@ -229,7 +331,8 @@ class SequenceScheduler:
         llama_cpp.llama_memory_seq_rm(self._mem, youngest.seq_id, -1, -1)
         self._running.remove(youngest)
         self._free_ids.append(youngest.seq_id)
-        youngest.seq_id, youngest.pos, youngest.feed = -1, 0, list(youngest.prompt)
+        self.shared_tokens -= youngest.shared
+        youngest.seq_id, youngest.kv, youngest.feed = -1, [], list(youngest.prompt)
         self._held.append(youngest)
 
     def _finish(self, seq: _Seq, reason: str) -> None:
@@ -239,15 +342,18 @@ class SequenceScheduler:
                 self._emit(seq, tail)
         self._end(seq, result=Generation(
             text="".join(seq.text), finish_reason=reason, prompt_tokens=len(seq.prompt),
-            completion_tokens=seq.generated))
+            completion_tokens=seq.generated, cached_tokens=seq.shared))
 
     def _end(self, seq: _Seq, *, result: Generation | None = None,
              error: BaseException | None = None) -> None:
         import llama_cpp
         if seq in self._running:
-            llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
             self._running.remove(seq)
-            self._free_ids.append(seq.seq_id)
+            if error is None and self._cache_slots and seq.kv:
+                self._keep(seq)
+            else:
+                llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+                self._free_ids.append(seq.seq_id)
             with self._cond:  # its cells are free: what gave way goes first
                 self._waiting.extendleft(reversed(self._held))
             self._held.clear()
@@ -255,6 +361,13 @@ class SequenceScheduler:
         _free_sampler(seq.sampler)
         seq.sampler = None
         seq.done.set()
+
+
+    def _keep(self, seq: _Seq) -> None:
+        """Its cells stay as a cached prefix; the least recently used beyond the bound go."""
+        self._cached[seq.seq_id] = _Cached(seq.seq_id, seq.kv)
+        while len(self._cached) > self._cache_slots:
+            self._evict()
 
 
 def _free_sampler(sampler: Any) -> None:

@@ -73,6 +73,11 @@ class Worker:
         count = getattr(self._model, "running", None)
         return int(count()) if count is not None else self.running
 
+    def cached_prefixes(self) -> int:
+        """Prefixes the model keeps for prompts that begin the same way (0 if it keeps none)."""
+        count = getattr(self._model, "cached", None)
+        return int(count()) if count is not None else 0
+
     async def start(self, load: Callable[[], T], close: Callable[[LoadedModel], None]
                     ) -> T:
         """Start the thread; it runs ``load`` (which returns the model, or a tuple whose

@@ -54,7 +54,9 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "stream": st.one_of(st.booleans(), VALUES), "tools": st.one_of(
             st.lists(TOOL, max_size=2), VALUES),
         "tool_choice": st.one_of(TEXT, VALUES), "response_format": RESPONSE_FORMAT,
-        "max_tokens": SMALL_TOKENS, "temperature": VALUES, "stop": VALUES, "seed": VALUES},
+        "max_tokens": SMALL_TOKENS, "temperature": VALUES, "stop": VALUES, "seed": VALUES,
+        "frequency_penalty": VALUES, "presence_penalty": VALUES, "repeat_penalty": VALUES,
+        "cache_prompt": VALUES},
     "/v1/completions": {"model": st.one_of(st.just("gemma3-270m"), TEXT), "prompt": st.one_of(
         TEXT, VALUES), "max_tokens": SMALL_TOKENS, "stream": VALUES, "stop": VALUES},
     "/v1/embeddings": {"model": st.one_of(st.just("gemma3-270m"), TEXT), "input": st.one_of(

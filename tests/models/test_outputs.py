@@ -141,3 +141,17 @@ def test_free_strings_get_a_bound_and_bounded_ones_keep_theirs() -> None:
     assert props["a"]["maxLength"] == 128 and props["b"]["maxLength"] == 5
     assert props["c"]["items"]["maxLength"] == 128 and "maxLength" not in props["d"]
     assert props["e"]["anyOf"][0]["maxLength"] == 128
+
+
+def test_penalties_and_cache_prompt_are_read_and_bounded() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "frequency_penalty": 0.5, "presence_penalty": -1, "repeat_penalty": 1.1,
+            "cache_prompt": False}
+    params = parse_chat(body).params
+    assert (params.frequency_penalty, params.presence_penalty, params.repeat_penalty,
+            params.cache_prompt) == (0.5, -1.0, 1.1, False)
+    assert parse_chat({**body, "cache_prompt": True}).params.cache_prompt
+    for field, value in (("frequency_penalty", 2.5), ("presence_penalty", "x"),
+                         ("repeat_penalty", 0), ("cache_prompt", "no")):
+        with pytest.raises(BadRequest, match=field):
+            parse_chat({**body, field: value})

@@ -120,3 +120,17 @@ def test_full_queue_answers_429_with_retry_after(daemon: RunningDaemon) -> None:
     assert body["error"]["code"] == "queue_full"
     assert "budget.queue_size = 1" in body["error"]["message"]
     assert second[0] == 200
+
+
+def test_a_repeated_prefix_is_served_from_the_cache_and_shown(daemon: RunningDaemon) -> None:
+    """Over the socket: the second prompt with the same opening says how many of its tokens
+    came from the cache, and /admin/ps counts the cached prefix."""
+    opening = "Instructions: answer in one short sentence about the hardware store. " * 8
+    post(daemon, {"model": "g", "prompt": opening + "Hammers?", "max_tokens": 2})
+    second = post(daemon, {"model": "g", "prompt": opening + "Glue?", "max_tokens": 2})[2]
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert 60 < cached <= second["usage"]["prompt_tokens"] - 2
+    assert daemon.client.get("/admin/ps")["models"][0]["cached_prefixes"] >= 1
+    refused = post(daemon, {"model": "g", "prompt": opening, "max_tokens": 2,
+                            "cache_prompt": "yes"})
+    assert refused[0] == 400 and "cache_prompt" in refused[2]["error"]["message"]
