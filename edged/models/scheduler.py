@@ -38,7 +38,7 @@ from typing import Any
 from edged.errors import Unavailable
 from edged.models.backend import TokenSink
 from edged.models.contract import GenerateParams, Generation
-from edged.models.sampling import Grammars, Pieces, chain, token_bytes
+from edged.models.sampling import GrammarLast, Grammars, Pieces, chain, grammar_of, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class _Seq:
     params: GenerateParams
     on_token: TokenSink | None
     sampler: Any
+    grammar: Any  # its grammar sampler, outside the chain (sampling.GrammarLast), or None
     order: int  # admission order: the highest is the youngest
     pieces: Pieces
     feed: list[int] = field(default_factory=list)  # tokens still to decode
@@ -90,6 +91,7 @@ class SequenceScheduler:
         self._steps = steps
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._grammars = Grammars(model.vocab)
+        self._grammar_last = GrammarLast(self._grammars.n_vocab)
         self._piece_buf = ctypes.create_string_buffer(64)
         self._order = itertools.count()
         # Sequence ids: ``parallel`` running at most, ``cache_slots`` cached prefixes.
@@ -110,12 +112,14 @@ class SequenceScheduler:
     def generate(self, prompt: Sequence[int], params: GenerateParams,
                  on_token: TokenSink | None) -> Generation:
         """Blocking: run one sequence to its end among the others."""
-        seq = _Seq(list(prompt), params, on_token, chain(params, self._grammars),
+        grammar = grammar_of(params, self._grammars)
+        seq = _Seq(list(prompt), params, on_token, chain(params, self._grammars), grammar,
                    next(self._order), Pieces(params.stop))
         seq.feed = list(seq.prompt)
         with self._cond:
             if self._closing:
                 _free_sampler(seq.sampler)
+                _free_sampler(seq.grammar)
                 raise Unavailable(f"model {self._name!r} is unloading", code="model_unloading")
             self._waiting.append(seq)
             self._cond.notify()
@@ -288,7 +292,10 @@ class SequenceScheduler:
 
     def _sample(self, seq: _Seq, index: int) -> None:
         import llama_cpp
-        token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+        if seq.grammar is None:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+        else:
+            token = self._grammar_last.sample(seq.sampler, seq.grammar, self._ctx, index)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
@@ -356,7 +363,8 @@ class SequenceScheduler:
             self._held.clear()
         seq.result, seq.error = result, error
         _free_sampler(seq.sampler)
-        seq.sampler = None
+        _free_sampler(seq.grammar)
+        seq.sampler = seq.grammar = None
         seq.done.set()
 
 
