@@ -140,7 +140,7 @@ def small_scheduler(path: Path, *, cache_slots: int = 0) -> Iterator[tuple[Seque
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 512, 512, 512, 4 + cache_slots
     cp.n_outputs_max, cp.kv_unified, cp.swa_full, cp.n_threads = cp.n_seq_max, True, False, 1
-    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as LlamaBackend
     ctx = llama_cpp.llama_init_from_model(llm.model, cp)
     scheduler = SequenceScheduler("small", llm, ctx, parallel=4, context=512, n_batch=512,
                                   steps=threading.Lock(), cache_slots=cache_slots)
