@@ -131,6 +131,7 @@ class GrammarLast:
         self._view = np.frombuffer(memoryview(self._data), dtype=np.dtype(
             [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
         self._ids = np.arange(n_vocab, dtype="<i4")
+        self._row = np.ctypeslib.as_array
         self._cur = llama_cpp.llama_token_data_array(
             data=self._data, size=n_vocab, selected=-1, sorted=False)
         self._one: Any = llama_cpp.llama_token_data(0, 1.0, 0.0)
@@ -139,9 +140,7 @@ class GrammarLast:
 
     def sample(self, chain: Any, grammar: Any, ctx: Any, index: int) -> int:
         import llama_cpp
-        import numpy as np
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index),
-                                       shape=(self._n,))
+        logits = self._row(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n,))
         token = self._pick(chain, None, logits)
         self._one.id, self._one.logit = token, 1.0
         self._one_cur.selected = -1
@@ -157,8 +156,8 @@ class GrammarLast:
         self._view["id"] = self._ids
         self._view["logit"] = logits
         self._view["p"] = 0.0
-        cur = self._cur
-        cur.data, cur.size, cur.selected, cur.sorted = self._data, self._n, -1, False
+        cur = self._cur  # a sampler may shorten it (top-k) and sort it: start afresh
+        cur.size, cur.selected, cur.sorted = self._n, -1, False
         if grammar is not None:
             llama_cpp.llama_sampler_apply(grammar, ctypes.byref(cur))
         llama_cpp.llama_sampler_apply(chain, ctypes.byref(cur))

@@ -115,7 +115,6 @@ class SequenceScheduler:
         grammar = grammar_of(params, self._grammars)
         seq = _Seq(list(prompt), params, on_token, chain(params, self._grammars), grammar,
                    next(self._order), Pieces(params.stop))
-        seq.feed = list(seq.prompt)
         with self._cond:
             if self._closing:
                 _free_sampler(seq.sampler)
@@ -220,9 +219,9 @@ class SequenceScheduler:
         layer has already dropped cells the rest would attend to.
 
         Two tokens, not one: llama.cpp computes a lone token with other kernels than a
-        batch of rows (llamafile's sgemm starts at two), so a repeated request whose whole
-        prompt is cached would end its prefill on other arithmetic than the first time
-        and could answer differently at temperature 0."""
+        batch of rows (llamafile's sgemm starts at two), so the rest of a cached prompt is
+        decoded on the batched kernels its first prefill used. (That narrows, not closes,
+        the gap to a prompt decoded whole: docs/models.md, "Determinism".)"""
         kv = other.kv
         n = 0
         limit = min(len(kv), len(prompt) - 2)

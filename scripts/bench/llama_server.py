@@ -100,19 +100,20 @@ def serve(model: Path, *, context: int, parallel: int, threads: int) -> Iterator
            "--no-webui", "--log-disable", "-fit", "off"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_health(port, proc)
+        wait_ready(port, proc, "/health", "llama-server")
         yield port
     finally:
         proc.terminate()
         proc.wait(60)
 
 
-def _wait_health(port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Retry /health until the model is loaded (a benchmark, not a test)."""
+def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str, name: str) -> None:
+    """Retry ``GET path`` until it answers 200: the model is loaded (these servers have no
+    readiness signal; a benchmark, not a test)."""
     while proc.poll() is None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
+            conn.request("GET", path)
             resp = conn.getresponse()
             resp.read()
             if resp.status == 200:
@@ -120,7 +121,7 @@ def _wait_health(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             pass
         select.select([], [], [], 0.2)
-    raise RuntimeError(f"llama-server exited ({proc.returncode})")
+    raise RuntimeError(f"{name} exited ({proc.returncode})")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import argparse
 import http.client
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -168,23 +167,11 @@ def py_server(model: Path, *extra: str) -> Iterator[int]:
          "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS), "--port", str(port),
          "--verbose", "False", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port, proc)
+        llama_server.wait_ready(port, proc, "/v1/models", "llama_cpp.server")
         yield port
     finally:
         proc.terminate()
         proc.wait(60)
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    """llama_cpp.server has no readiness signal: retry connecting (a benchmark, not a test)."""
-    while proc.poll() is None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            if request(conn, "GET", "/v1/models")[0] == 200:
-                return
-        except OSError:
-            select.select([], [], [], 0.2)
-    raise RuntimeError("llama_cpp.server exited")
 
 
 def anchor_server(path: Path) -> Any:
