@@ -38,7 +38,15 @@ from typing import Any
 from edged.errors import Unavailable
 from edged.models.backend import TokenSink
 from edged.models.contract import GenerateParams, Generation
-from edged.models.sampling import GrammarLast, Grammars, Pieces, chain, grammar_of, token_bytes
+from edged.models.sampling import (
+    Grammars,
+    Picker,
+    Pieces,
+    argmax_only,
+    chain,
+    grammar_of,
+    token_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,8 @@ class _Seq:
     params: GenerateParams
     on_token: TokenSink | None
     sampler: Any
-    grammar: Any  # its grammar sampler, outside the chain (sampling.GrammarLast), or None
+    grammar: Any  # its grammar sampler, outside the chain (sampling.Picker), or None
+    greedy: bool  # the argmax of its row (sampling.argmax_only)
     order: int  # admission order: the highest is the youngest
     pieces: Pieces
     feed: list[int] = field(default_factory=list)  # tokens still to decode
@@ -91,7 +100,7 @@ class SequenceScheduler:
         self._steps = steps
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._grammars = Grammars(model.vocab)
-        self._grammar_last = GrammarLast(self._grammars.n_vocab)
+        self._picker = Picker(self._grammars.n_vocab)
         self._piece_buf = ctypes.create_string_buffer(64)
         self._order = itertools.count()
         # Sequence ids: ``parallel`` running at most, ``cache_slots`` cached prefixes.
@@ -114,7 +123,7 @@ class SequenceScheduler:
         """Blocking: run one sequence to its end among the others."""
         grammar = grammar_of(params, self._grammars)
         seq = _Seq(list(prompt), params, on_token, chain(params, self._grammars), grammar,
-                   next(self._order), Pieces(params.stop))
+                   argmax_only(params), next(self._order), Pieces(params.stop))
         with self._cond:
             if self._closing:
                 _free_sampler(seq.sampler)
@@ -291,10 +300,7 @@ class SequenceScheduler:
 
     def _sample(self, seq: _Seq, index: int) -> None:
         import llama_cpp
-        if seq.grammar is None:
-            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
-        else:
-            token = self._grammar_last.sample(seq.sampler, seq.grammar, self._ctx, index)
+        token = self._picker.pick(self._ctx, index, seq.sampler, seq.grammar, seq.greedy)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
