@@ -45,6 +45,7 @@ from edged.models.sampling import (
     argmax_only,
     chain,
     grammar_of,
+    shortlist_of,
     token_bytes,
 )
 
@@ -61,6 +62,7 @@ class _Seq:
     sampler: Any
     grammar: Any  # its grammar sampler, outside the chain (sampling.Picker), or None
     greedy: bool  # the argmax of its row (sampling.argmax_only)
+    top_k: int  # its chain may run on a shortlist of the row (sampling.shortlist_of)
     order: int  # admission order: the highest is the youngest
     pieces: Pieces
     feed: list[int] = field(default_factory=list)  # tokens still to decode
@@ -123,7 +125,8 @@ class SequenceScheduler:
         """Blocking: run one sequence to its end among the others."""
         grammar = grammar_of(params, self._grammars)
         seq = _Seq(list(prompt), params, on_token, chain(params, self._grammars), grammar,
-                   argmax_only(params), next(self._order), Pieces(params.stop))
+                   argmax_only(params), shortlist_of(params), next(self._order),
+                   Pieces(params.stop))
         with self._cond:
             if self._closing:
                 _free_sampler(seq.sampler)
@@ -300,7 +303,8 @@ class SequenceScheduler:
 
     def _sample(self, seq: _Seq, index: int) -> None:
         import llama_cpp
-        token = self._picker.pick(self._ctx, index, seq.sampler, seq.grammar, seq.greedy)
+        token = self._picker.pick(self._ctx, index, seq.sampler, seq.grammar, seq.greedy,
+                                  seq.top_k)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edged.models.contract import GenerateParams
-from edged.models.sampling import Grammars, Picker, argmax_only, chain
+from edged.models.sampling import Grammars, Picker, argmax_only, chain, shortlist_of
 
 STEPS = 24
 GREEDY = GenerateParams(max_tokens=STEPS, temperature=0)
@@ -114,17 +114,43 @@ def test_a_greedy_pick_is_what_llama_cpps_greedy_sampler_picks(
     picker = Picker(grammars.n_vocab)
     smpl = chain(GREEDY, grammars)
     try:
-        ours = run(context, prompt, lambda ctx: picker.pick(ctx, -1, smpl, None, True))
+        ours = run(context, prompt, lambda ctx: picker.pick(ctx, -1, smpl, None, True, 0))
         theirs = run(context, prompt, lambda ctx: llama_cpp.llama_sampler_sample(smpl, ctx, -1))
     finally:
         llama_cpp.llama_sampler_free(smpl)
     assert ours == theirs
 
 
+@pytest.mark.parametrize("top_k", [40, 5, 1000], ids=["default", "few", "more-than-near"])
+def test_a_sampled_pick_on_the_shortlist_is_the_chains_pick_on_the_whole_row(
+        context: Context, grammars: Grammars, top_k: int) -> None:
+    """The same seeded chain, once through the shortlist, once through llama.cpp on all
+    262k tokens: the same tokens (1000 is more than lie near the best: the whole row)."""
+    import llama_cpp
+    params = GenerateParams(max_tokens=STEPS, temperature=0.9, top_k=top_k, seed=11)
+    assert shortlist_of(params) == top_k
+    picker = Picker(grammars.n_vocab)
+    picks = []
+    for mine in (True, False):
+        smpl = chain(params, grammars)
+        try:
+            picks.append(run(context, "Once upon a time", (lambda ctx: picker.pick(
+                ctx, -1, smpl, None, False, top_k)) if mine else (
+                lambda ctx: llama_cpp.llama_sampler_sample(smpl, ctx, -1))))
+        finally:
+            llama_cpp.llama_sampler_free(smpl)
+    assert picks[0] == picks[1]
+
+
 def test_penalties_or_a_temperature_keep_the_chain(grammars: Grammars) -> None:
     assert not argmax_only(replace(GREEDY, repeat_penalty=1.1))
     assert not argmax_only(replace(GREEDY, presence_penalty=0.5))
     assert not argmax_only(replace(GREEDY, temperature=0.7))
+    sampled = replace(GREEDY, temperature=0.7)
+    assert shortlist_of(sampled) == 40
+    assert shortlist_of(replace(sampled, frequency_penalty=0.5)) == 0
+    assert shortlist_of(replace(sampled, top_k=0)) == 0
+    assert shortlist_of(GREEDY) == 0
 
 
 @pytest.mark.parametrize("params", [GREEDY, replace(GREEDY, temperature=0.8, seed=3)],
@@ -142,9 +168,9 @@ ws ::= [ \t\n]*'''
         smpl, grammar = chain(params, grammars), grammars.clone(gbnf)
         try:
             if mine:
-                greedy = argmax_only(params)
+                greedy, top_k = argmax_only(params), shortlist_of(params)
                 picks.append(run(context, "Write the name of a fruit:", lambda ctx: picker.pick(
-                    ctx, -1, smpl, grammar, greedy)))
+                    ctx, -1, smpl, grammar, greedy, top_k)))
             else:
                 picks.append(run(context, "Write the name of a fruit:",
                                  grammar_first(context, smpl, grammar)))
