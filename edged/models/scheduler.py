@@ -8,9 +8,11 @@ row of the logits). A sequence joins at the next step after it arrives and leave
 cells freed) at the step it ends: end of generation, a stop string, max_tokens, its
 context, or its client gone (``on_token`` returning False).
 
-Determinism: a sequence's tokens depend only on its prompt and its own seeded chain, and
-llama.cpp computes each row of a batch as it would alone, so a request with a seed (or at
-temperature 0) gives the same text whatever else runs (tests/models/test_scheduler.py).
+Determinism: a sequence's tokens depend only on its prompt, its own seeded chain and its
+logits. Decoded whole (no cached prefix) and alone, a request with a seed (or at
+temperature 0) gives the same text whatever ran before it (tests/models/test_scheduler.py).
+Beside other sequences its logits can differ in the last bits: llama.cpp's CPU kernels
+round differently by batch shape (docs/models.md, "Determinism").
 
 Shared prefixes: a sequence that ends keeps its KV cells as a cached prefix (up to
 ``cache_slots`` of them, least recently used out). A new prompt that begins like a cached
