@@ -25,7 +25,8 @@ llama-server (the anchor, built once from the llama.cpp that llama-cpp-python ve
 - aggregate: 1, 2, 4 and 8 clients streaming 128 tokens each (greedy, and temperature 0.7
   with a seed per client) at once: aggregate decode tokens/s through edged (default config)
   next to llama-server -np 8 at the same client counts, the 8 vs 1 ratio of both, and the
-  peak RSS/PSS of the daemon with ``parallel`` sequences running next to the budget.
+  peak RSS/PSS of the daemon with ``parallel`` sequences running next to the budget (in
+  untimed runs of their own: sampling smaps slows the daemon it reads).
 - prefix: an agent turn through /v1/chat/completions (streamed): a ~600-token system prompt
   (instructions and tool descriptions) never seen before with one user message, then the
   same system prompt with another: time to first token of the second over the first
@@ -591,17 +592,20 @@ def aggregate(runs: int) -> dict[str, Any]:
             "edged": (lambda: Unix(sock), "g"), "llama-server": (tcp(port), "g")}
         for connect, model in contenders.values():
             _clients(connect, model, 1, -1, MODES["greedy"])  # warm up
-        sampler = Sampler(pid)
         for r in range(runs):
             for mode, params in MODES.items():
                 for n in CLIENTS:
                     names = list(contenders) if (r + n) % 2 == 0 else list(contenders)[::-1]
                     for who in names:
                         connect, model = contenders[who]
-                        watch = sampler if who == "edged" and n >= parallel else _nothing()
-                        with watch:
-                            tps.setdefault((who, mode, n), []).append(
-                                _clients(connect, model, n, r, params))
+                        tps.setdefault((who, mode, n), []).append(
+                            _clients(connect, model, n, r, params))
+        # Memory in runs of their own: reading smaps 50 times a second takes the daemon's
+        # mmap lock and CPU; inside the timed runs it held edged at 89 tok/s with 8 clients
+        # where the same hour gave 98-104 without it.
+        with Sampler(pid) as sampler:
+            for params in MODES.values():
+                _clients(contenders["edged"][0], "g", max(CLIENTS[-1], parallel), runs, params)
         _, ps = request(Unix(sock), "GET", "/admin/ps")
     report: dict[str, Any] = {"loadavg_start": started, "loadavg_end": loadavg(), "runs": runs,
                               "edged_parallel": parallel, "edged_threads": shape["threads"],
@@ -624,11 +628,6 @@ def aggregate(runs: int) -> dict[str, Any]:
         "peak_pss_mib": round(sampler.peak_pss / MiB, 1),
         "peak_rss_ratio_to_budget": round(sampler.peak_rss / budget_bytes, 3)}
     return report
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _clients(connect: Connect, model: str, n: int, run: int, params: dict[str, Any]) -> float:
