@@ -114,9 +114,11 @@ class LlamaBackend:
                                   code="corrupt_model")
 
         params = llama_cpp.llama_model_default_params()
-        # Repacked weights make a row's result depend on the rows batched with it (the
-        # same prompt then gives another answer next to other requests).
-        params.use_extra_bufts = False
+        # Repacked weights (llama.cpp's CPU_REPACK buffers, as llama-server loads them):
+        # one client 0.96 -> 1.0 of llama-server, 8 clients 0.97 -> 1.03, for 13 MiB of
+        # copied tensors. They were off for a batch invariance no setting gives
+        # (docs/models.md, "Determinism").
+        params.use_extra_bufts = True
         try:
             model: Any = LlamaModel(path_model=str(path), params=params, verbose=False)
         except ValueError as e:
