@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ _SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i"
 # llama.cpp's compute buffer: activations for one micro-batch plus the output logits row.
 # Measured on Gemma 3 270M (n_ubatch 512): ~60 MiB; scale with width and vocabulary.
 _COMPUTE_FLOOR = 32 * 1024 * 1024
+# Tensor types llama.cpp 0.3.36's CPU backend can repack (ggml-cpu/repack.cpp: Q4_0, Q8_0,
+# Q2_K, Q4_K, Q5_K, Q6_K, IQ4_NL, MXFP4; GGML type numbers, part of the file format); the
+# token embeddings are looked up by row, never repacked.
+REPACKED_TYPES = frozenset({2, 8, 10, 12, 13, 14, 20, 39})
+EMBEDDINGS = "token_embd.weight"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ class GgufInfo:
     context_length: int
     weights_bytes: int  # sum of tensor data
     file_bytes: int
+    # Matrices llama.cpp may copy into its CPU kernels' repacked layout at load: private to
+    # each context, not shared with other mappings of the file (an upper bound: which of
+    # them are repacked depends on the CPU and on each matrix's shape).
+    repacked_bytes: int = 0
 
 
 class _Cursor:
@@ -110,26 +119,29 @@ def _parse(cur: _Cursor, size: int) -> GgufInfo:
     for _ in range(n_kv):
         key = cur.string()
         meta[key] = cur.value(cur.take("<I"), keep=not key.startswith("tokenizer."))
-    weights, end = _tensors(cur, n_tensors, int(meta.get("general.alignment", 32)))
+    weights, repacked, end = _tensors(cur, n_tensors, int(meta.get("general.alignment", 32)))
     if end > size:
         raise IntegrityError(f"{cur.path}: truncated GGUF: tensors need {end} bytes, the file "
                              f"has {size}", code="corrupt_model")
-    return _info(meta, weights, size)
+    return replace(_info(meta, weights, size), repacked_bytes=repacked)
 
 
-def _tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[int, int]:
-    weights = 0
+def _tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[int, int, int]:
+    """(bytes of all tensor data, bytes that may be repacked, where the data ends)."""
+    weights = repacked = 0
     last_end = 0
     for _ in range(n_tensors):
-        cur.string()
+        name = cur.string()
         dims = [cur.take("<Q") for _ in range(cur.take("<I"))]
         qtype = cur.take("<I")
         offset = cur.take("<Q")
         nbytes = _tensor_bytes(dims, qtype, cur.path)
         weights += nbytes
+        if qtype in REPACKED_TYPES and len(dims) >= 2 and name != EMBEDDINGS:
+            repacked += nbytes
         last_end = max(last_end, offset + nbytes)
     data_start = -(-cur.pos // alignment) * alignment
-    return weights, data_start + last_end
+    return weights, repacked, data_start + last_end
 
 
 def _tensor_bytes(dims: list[int], qtype: int, path: Path) -> int:

@@ -152,9 +152,10 @@ class Picker:
     A plain greedy sequence (``argmax_only``) takes the row's argmax, the token llama.cpp's
     greedy sampler picks (the first of the highest). A sampled chain that starts with
     top_k (``shortlist_of``) runs on the tokens within ``SHORTLIST_SPAN`` of the best
-    logit when at least k of them are (0.08 ms against 0.35 ms for the whole row): top_k
-    keeps the same k tokens either way, so the chain and its seeded draw do what they
-    would on the whole row. Any other chain runs on the whole row, in C.
+    logit when at least k of them are and the best k + 1 are all different (0.08 ms
+    against 0.35 ms for the whole row): top_k then keeps the same k tokens in the same
+    order either way, so the chain and its seeded draw do what they would on the whole
+    row. Any other chain runs on the whole row, in C.
 
     A grammar-constrained sequence has its chain pick, the grammar check that one token,
     and the grammar filter the whole row only when it refuses (grammar last, as
@@ -178,7 +179,10 @@ class Picker:
         logits = self._row(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n,))
         if greedy:
             token = int(logits.argmax())
-        else:
+            if logits[token] != logits[token]:  # NaN: llama.cpp's greedy passes over it
+                greedy = False
+                token = -1
+        if not greedy:
             token = self._shortlisted(chain, logits, top_k) if top_k else -1
             if token < 0:
                 if grammar is None:  # samples and accepts, in C
@@ -204,9 +208,16 @@ class Picker:
         n = len(ids)
         if n < top_k or n > SHORTLIST_MAX:
             return -1
+        near = logits[ids]
+        # Equal logits among the best k + 1: top-k's sort does not keep them in a fixed
+        # order, and the seeded draw picks by position, so only the whole row is sure to
+        # give what it would.
+        best = np.partition(near, n - min(n, top_k + 1))[n - min(n, top_k + 1):]
+        if len(np.unique(best)) < len(best):
+            return -1
         view = self._short_view[:n]
         view["id"] = ids
-        view["logit"] = logits[ids]
+        view["logit"] = near
         view["p"] = 0.0
         cur = self._short
         cur.size, cur.selected, cur.sorted = n, -1, False

@@ -2,8 +2,9 @@
 
 Three aliases over the bundled file at context 4096 cost the shared weights (~235 MiB, once)
 and llama.cpp's heap reserve (100 MiB, once) plus ~88 MiB each (KV cache, buffers and 13 MiB
-of repacked weights, measured; the first load of each is charged its estimate, ~122 MiB), so
-in a 580 MiB budget two fit (~545 MiB while the second loads) and three do not (~600 MiB).
+of repacked weights, measured; the first load of each is charged its estimate, ~146 MiB with
+23 MiB of weights that may be repacked), so in a 580 MiB budget two fit (~570 MiB while the
+second loads) and three do not (~660 MiB).
 """
 
 from __future__ import annotations

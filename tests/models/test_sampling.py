@@ -6,13 +6,22 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edged.models.contract import GenerateParams
-from edged.models.sampling import Grammars, Picker, argmax_only, chain, shortlist_of
+from edged.models.sampling import (
+    SHORTLIST_MAX,
+    SHORTLIST_SPAN,
+    Grammars,
+    Picker,
+    argmax_only,
+    chain,
+    shortlist_of,
+)
 
 STEPS = 24
 GREEDY = GenerateParams(max_tokens=STEPS, temperature=0)
@@ -85,6 +94,12 @@ def run(context: Context, prompt: str, pick: Any) -> list[int]:
     return out
 
 
+def by_llama_cpp(smpl: Any) -> Any:
+    """llama.cpp's own pick on the whole last row (and its accept)."""
+    import llama_cpp
+    return lambda ctx: int(llama_cpp.llama_sampler_sample(smpl, ctx, -1))
+
+
 def grammar_first(context: Context, smpl: Any, grammar: Any) -> Any:
     """The reference for a grammar: filter the whole row, then the chain (llama.cpp)."""
     import llama_cpp
@@ -121,25 +136,70 @@ def test_a_greedy_pick_is_what_llama_cpps_greedy_sampler_picks(
     assert ours == theirs
 
 
-@pytest.mark.parametrize("top_k", [40, 5, 1000], ids=["default", "few", "more-than-near"])
+class Shortlisted:
+    """The picker on a sampled chain; counts the steps where the shortlist holds the k
+    tokens (worked out here from the row, not from the picker)."""
+
+    def __init__(self, picker: Picker, smpl: Any, top_k: int, n_vocab: int) -> None:
+        self._picker, self._smpl, self._k, self._n = picker, smpl, top_k, n_vocab
+        self.near = 0
+
+    def __call__(self, ctx: Any) -> int:
+        import llama_cpp
+        import numpy as np
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._n,))
+        self.near += int(self._k <= (row >= row.max() - SHORTLIST_SPAN).sum() <= SHORTLIST_MAX)
+        return self._picker.pick(ctx, -1, self._smpl, None, False, self._k)
+
+
+@pytest.mark.parametrize("top_k", [40, 5, 10_000], ids=["default", "few", "whole-row"])
 def test_a_sampled_pick_on_the_shortlist_is_the_chains_pick_on_the_whole_row(
         context: Context, grammars: Grammars, top_k: int) -> None:
-    """The same seeded chain, once through the shortlist, once through llama.cpp on all
-    262k tokens: the same tokens (1000 is more than lie near the best: the whole row)."""
+    """The same seeded chain, once through the picker, once through llama.cpp on all 262k
+    tokens. 40 and 5 take the shortlist (at most steps); 10,000 is more than the shortlist
+    holds, so the whole row."""
     import llama_cpp
     params = GenerateParams(max_tokens=STEPS, temperature=0.9, top_k=top_k, seed=11)
     assert shortlist_of(params) == top_k
+    mine, theirs = chain(params, grammars), chain(params, grammars)
+    try:
+        ours = Shortlisted(Picker(grammars.n_vocab), mine, top_k, grammars.n_vocab)
+        picked = run(context, "Once upon a time", ours)
+        reference = run(context, "Once upon a time",
+                        by_llama_cpp(theirs))
+    finally:
+        llama_cpp.llama_sampler_free(mine)
+        llama_cpp.llama_sampler_free(theirs)
+    assert picked == reference
+    assert (ours.near > 0) == (top_k <= SHORTLIST_MAX)
+
+
+def rows(*logits: list[float]) -> Any:
+    import numpy as np
+    return [np.array(row, dtype=np.float32) for row in logits]
+
+
+def test_the_shortlist_gives_way_to_the_whole_row_on_ties_and_far_tokens(
+        grammars: Grammars) -> None:
+    """Hand-made rows: k near tokens all different -> a pick from the shortlist; two equal
+    among the best k + 1, or fewer than k near -> -1 (the whole row decides)."""
+    import llama_cpp
+    import numpy as np
+    params = GenerateParams(temperature=0.9, top_k=3, seed=5)
     picker = Picker(grammars.n_vocab)
-    picks = []
-    for mine in (True, False):
+    far = -100.0
+    distinct, tied, few = rows([5, 4, 3, 2, far], [5, 4, 3, 3, far], [5, 4, far, far, far])
+    for row, expect_shortlist in ((distinct, True), (tied, False), (few, False)):
+        padded = np.full(grammars.n_vocab, far, dtype=np.float32)
+        padded[:len(row)] = row
         smpl = chain(params, grammars)
         try:
-            picks.append(run(context, "Once upon a time", (lambda ctx: picker.pick(
-                ctx, -1, smpl, None, False, top_k)) if mine else (
-                lambda ctx: llama_cpp.llama_sampler_sample(smpl, ctx, -1))))
+            token = picker._shortlisted(smpl, padded, 3)
         finally:
             llama_cpp.llama_sampler_free(smpl)
-    assert picks[0] == picks[1]
+        assert (token >= 0) == expect_shortlist
+        if expect_shortlist:
+            assert token in (0, 1, 2)  # one of the top 3
 
 
 def test_penalties_or_a_temperature_keep_the_chain(grammars: Grammars) -> None:
@@ -153,34 +213,41 @@ def test_penalties_or_a_temperature_keep_the_chain(grammars: Grammars) -> None:
     assert shortlist_of(GREEDY) == 0
 
 
+GBNF = r'''root ::= "{\"name\": \"" [a-z]+ "\"}"'''
+FRUIT = "Write the name of a fruit:"
+
+
 @pytest.mark.parametrize("params", [GREEDY, replace(GREEDY, temperature=0.8, seed=3)],
                          ids=["greedy", "sampled"])
 def test_grammar_last_picks_what_grammar_first_picks(
         context: Context, grammars: Grammars, params: GenerateParams) -> None:
-    """A JSON object answer: the first tokens the model would write unconstrained are not
-    JSON, so the grammar refuses some and the row is filtered."""
+    """A JSON object answer. Unconstrained, the model's first token is not ``{``, so the
+    grammar refuses it and the row is filtered; at temperature 0 both orders pick the
+    same tokens, sampled both stay in the grammar."""
     import llama_cpp
-    gbnf = r'''root ::= "{" ws "\"name\":" ws "\"" [a-z ]+ "\"" ws "}"
-ws ::= [ \t\n]*'''
+    free = chain(GREEDY, grammars)
+    try:
+        unconstrained = run(context, FRUIT, by_llama_cpp(free))
+    finally:
+        llama_cpp.llama_sampler_free(free)
+    assert not _piece(context, unconstrained[0]).startswith(b"{")  # a refusal comes
     picker = Picker(grammars.n_vocab)
+    greedy, top_k = argmax_only(params), shortlist_of(params)
     picks = []
-    for mine in (True, False):
-        smpl, grammar = chain(params, grammars), grammars.clone(gbnf)
+    for last in (True, False):
+        smpl, grammar = chain(params, grammars), grammars.clone(GBNF)
         try:
-            if mine:
-                greedy, top_k = argmax_only(params), shortlist_of(params)
-                picks.append(run(context, "Write the name of a fruit:", lambda ctx: picker.pick(
-                    ctx, -1, smpl, grammar, greedy, top_k)))
-            else:
-                picks.append(run(context, "Write the name of a fruit:",
-                                 grammar_first(context, smpl, grammar)))
+            pick = partial(picker.pick, index=-1, chain=smpl, grammar=grammar, greedy=greedy,
+                           top_k=top_k) if last else grammar_first(context, smpl, grammar)
+            picks.append(run(context, FRUIT, pick))
         finally:
             llama_cpp.llama_sampler_free(smpl)
             llama_cpp.llama_sampler_free(grammar)
     if params.temperature <= 0:  # the same token: the best the grammar allows
         assert picks[0] == picks[1]
-    text = [b"".join(_piece(context, t) for t in p) for p in picks]
-    assert all(t.startswith(b"{") for t in text)
+    for p in picks:
+        text = b"".join(_piece(context, t) for t in p)
+        assert text.startswith(b'{"name": "')
 
 
 def _piece(context: Context, token: int) -> bytes:

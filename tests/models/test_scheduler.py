@@ -135,7 +135,7 @@ def small_scheduler(path: Path, *, cache_slots: int = 0) -> Iterator[tuple[Seque
     from llama_cpp._internals import LlamaModel
     LlamaBackend().warm_up()
     params = llama_cpp.llama_model_default_params()
-    params.use_extra_bufts = False
+    params.use_extra_bufts = True  # as LlamaBackend loads it
     llm: Any = LlamaModel(path_model=str(path), params=params, verbose=False)
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 512, 512, 512, 4 + cache_slots
