@@ -115,7 +115,7 @@ class LlamaBackend:
 
         params = llama_cpp.llama_model_default_params()
         # Repacked weights (llama.cpp's CPU_REPACK buffers, as llama-server loads them):
-        # one client 0.96 -> 1.0 of llama-server, 8 clients 0.97 -> 1.03, for 13 MiB of
+        # one client 0.96 -> 1.0 of llama-server, 8 clients 1.0 -> 1.02-1.05, for 13 MiB of
         # copied tensors. They were off for a batch invariance no setting gives
         # (docs/models.md, "Determinism").
         params.use_extra_bufts = True
