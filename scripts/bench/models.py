@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llama_server  # noqa: E402
 
 from tests.edgedtest import MODEL_CACHE, bundled_model, dump_toml  # noqa: E402
+from tests.models.lowlevel import OneSequence  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 TOKENS = 128
@@ -288,61 +289,7 @@ def decode(runs: int) -> dict[str, Any]:
 
 # -- what each sampler costs ------------------------------------------------------------------
 
-class LowLevel:
-    """One model and a one-sequence context through llama.cpp's C API (as the scheduler
-    builds its own, with n_seq_max 1)."""
-
-    def __init__(self, path: Path) -> None:
-        import llama_cpp
-        from llama_cpp._logger import set_verbose
-
-        set_verbose(False)  # llama.cpp's load log, as Llama(verbose=False) does
-        self.c = llama_cpp
-        llama_cpp.llama_backend_init()
-        self.model = llama_cpp.llama_model_load_from_file(
-            str(path).encode(), llama_cpp.llama_model_default_params())
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = N_CTX
-        cp.n_batch = cp.n_ubatch = 512
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = THREADS
-        cp.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
-        self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.batch = llama_cpp.llama_batch_init(512, 0, 1)
-        self.pos = 0
-
-    def tokenize(self, text: str) -> list[int]:
-        buf = (self.c.llama_token * 1024)()
-        data = text.encode()
-        n = self.c.llama_tokenize(self.vocab, data, len(data), buf, len(buf), True, True)
-        return list(buf[:n])
-
-    def prefill(self, tokens: list[int]) -> None:
-        self.c.llama_memory_clear(self.mem, True)
-        self.pos = 0
-        self.decode(tokens)
-
-    def decode(self, tokens: list[int]) -> None:
-        b = self.batch
-        for j, tok in enumerate(tokens):
-            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, self.pos + j, 1, 0
-            b.seq_id[j][0] = 0
-        b.logits[len(tokens) - 1] = 1
-        b.n_tokens = len(tokens)
-        if self.c.llama_decode(self.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
-        self.pos += len(tokens)
-
-    def close(self) -> None:
-        self.c.llama_batch_free(self.batch)
-        self.c.llama_free(self.ctx)
-        self.c.llama_model_free(self.model)
-
-
-def _chains(ll: LowLevel) -> dict[str, Callable[[], Any]]:
+def _chains(ll: OneSequence) -> dict[str, Callable[[], Any]]:
     import llama_cpp
     from llama_cpp.llama_grammar import JSON_GBNF
 
@@ -384,7 +331,7 @@ def samplers(runs: int) -> dict[str, Any]:
     import numpy as np
 
     started_load = loadavg()
-    ll = LowLevel(bundled_model())
+    ll = OneSequence(bundled_model(), n_ctx=N_CTX, threads=THREADS, n_batch=512)
     prompt = ll.tokenize("Write the shop's opening hours as a JSON object. " + PROMPT)
     chains = _chains(ll)
     sample_us: dict[str, list[float]] = {name: [] for name in chains}

@@ -22,75 +22,37 @@ from edged.models.sampling import (
     chain,
     shortlist_of,
 )
+from tests.models.lowlevel import OneSequence
 
 STEPS = 24
 GREEDY = GenerateParams(max_tokens=STEPS, temperature=0)
 
 
-class Context:
-    """One sequence decoded a token at a time; ``logits`` index -1 is its last row."""
-
-    def __init__(self, path: Path) -> None:
-        import llama_cpp
-        self.c = llama_cpp
-        self.model = llama_cpp.llama_model_load_from_file(
-            str(path).encode(), llama_cpp.llama_model_default_params())
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 1, 1
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
-        self.batch = llama_cpp.llama_batch_init(256, 0, 1)
-        self.pos = 0
-
-    def start(self, text: str) -> None:
-        self.c.llama_memory_clear(self.c.llama_get_memory(self.ctx), True)
-        self.pos = 0
-        buf = (self.c.llama_token * 128)()
-        data = text.encode()
-        n = self.c.llama_tokenize(self.vocab, data, len(data), buf, len(buf), True, False)
-        self.feed(list(buf[:n]))
-
-    def feed(self, tokens: list[int]) -> None:
-        b = self.batch
-        for j, tok in enumerate(tokens):
-            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, self.pos + j, 1, 0
-            b.seq_id[j][0] = 0
-        b.logits[len(tokens) - 1] = 1
-        b.n_tokens = len(tokens)
-        assert self.c.llama_decode(self.ctx, b) == 0
-        self.pos += len(tokens)
-
-    def close(self) -> None:
-        self.c.llama_batch_free(self.batch)
-        self.c.llama_free(self.ctx)
-        self.c.llama_model_free(self.model)
-
-
 @pytest.fixture(scope="module")
-def context(bundled_model_path: Path) -> Iterator[Context]:
-    ctx = Context(bundled_model_path)
+def context(bundled_model_path: Path) -> Iterator[OneSequence]:
+    ctx = OneSequence(bundled_model_path)
     yield ctx
     ctx.close()
 
 
 @pytest.fixture(scope="module")
-def grammars(context: Context) -> Iterator[Grammars]:
+def grammars(context: OneSequence) -> Iterator[Grammars]:
     g = Grammars(context.vocab)
     yield g
     g.close()
 
 
-def run(context: Context, prompt: str, pick: Any) -> list[int]:
+def run(context: OneSequence, prompt: str, pick: Any) -> list[int]:
     """The tokens ``pick(ctx)`` chooses, each fed back as the next input, up to the end of
     generation."""
-    context.start(prompt)
+    context.prefill(context.tokenize(prompt))
     out = []
     for _ in range(STEPS):
         token = pick(context.ctx)
         out.append(token)
         if context.c.llama_vocab_is_eog(context.vocab, token):
             break
-        context.feed([token])
+        context.decode([token])
     return out
 
 
@@ -100,7 +62,7 @@ def by_llama_cpp(smpl: Any) -> Any:
     return lambda ctx: int(llama_cpp.llama_sampler_sample(smpl, ctx, -1))
 
 
-def grammar_first(context: Context, smpl: Any, grammar: Any) -> Any:
+def grammar_first(context: OneSequence, smpl: Any, grammar: Any) -> Any:
     """The reference for a grammar: filter the whole row, then the chain (llama.cpp)."""
     import llama_cpp
     n = llama_cpp.llama_vocab_n_tokens(context.vocab)
@@ -123,7 +85,7 @@ def grammar_first(context: Context, smpl: Any, grammar: Any) -> Any:
 @pytest.mark.parametrize("prompt", ["Once upon a time", "The capital of France is",
                                     "def fibonacci(n):"])
 def test_a_greedy_pick_is_what_llama_cpps_greedy_sampler_picks(
-        context: Context, grammars: Grammars, prompt: str) -> None:
+        context: OneSequence, grammars: Grammars, prompt: str) -> None:
     import llama_cpp
     assert argmax_only(GREEDY)
     picker = Picker(grammars.n_vocab)
@@ -154,7 +116,7 @@ class Shortlisted:
 
 @pytest.mark.parametrize("top_k", [40, 5, 10_000], ids=["default", "few", "whole-row"])
 def test_a_sampled_pick_on_the_shortlist_is_the_chains_pick_on_the_whole_row(
-        context: Context, grammars: Grammars, top_k: int) -> None:
+        context: OneSequence, grammars: Grammars, top_k: int) -> None:
     """The same seeded chain, once through the picker, once through llama.cpp on all 262k
     tokens. 40 and 5 take the shortlist (at most steps); 10,000 is more than the shortlist
     holds, so the whole row."""
@@ -220,7 +182,7 @@ FRUIT = "Write the name of a fruit:"
 @pytest.mark.parametrize("params", [GREEDY, replace(GREEDY, temperature=0.8, seed=3)],
                          ids=["greedy", "sampled"])
 def test_grammar_last_picks_what_grammar_first_picks(
-        context: Context, grammars: Grammars, params: GenerateParams) -> None:
+        context: OneSequence, grammars: Grammars, params: GenerateParams) -> None:
     """A JSON object answer. Unconstrained, the model's first token is not ``{``, so the
     grammar refuses it and the row is filtered; at temperature 0 both orders pick the
     same tokens, sampled both stay in the grammar."""
@@ -250,6 +212,6 @@ def test_grammar_last_picks_what_grammar_first_picks(
         assert text.startswith(b'{"name": "')
 
 
-def _piece(context: Context, token: int) -> bytes:
+def _piece(context: OneSequence, token: int) -> bytes:
     from edged.models.sampling import token_bytes
     return token_bytes(context.vocab, token, ctypes.create_string_buffer(64))
