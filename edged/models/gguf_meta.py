@@ -30,6 +30,13 @@ _COMPUTE_FLOOR = 32 * 1024 * 1024
 # token embeddings are looked up by row, never repacked.
 REPACKED_TYPES = frozenset({2, 8, 10, 12, 13, 14, 20, 39})
 EMBEDDINGS = "token_embd.weight"
+# Architectures whose layers mix sliding-window and full attention, as llama.cpp 0.3.36
+# lays them out when the file does not say (src/models/*.cpp, load_swa_pattern): every
+# n-th layer is full (the first of each n when dense-first, else the last), and the window
+# when the file has no sliding_window key (0: no sliding window without one). Others are
+# counted as full attention everywhere, which overstates, never understates, their cache.
+SWA_PATTERNS: dict[str, tuple[int, bool, int]] = {
+    "gemma2": (2, False, 4096), "gemma3": (6, False, 0), "cohere2": (4, False, 0)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class GgufInfo:
     # each context, not shared with other mappings of the file (an upper bound: which of
     # them are repacked depends on the CPU and on each matrix's shape).
     repacked_bytes: int = 0
+    # Sliding-window attention: how many layers attend to the last ``sliding_window``
+    # positions only (their KV cache is sized by the window, not the context).
+    swa_layers: int = 0
+    sliding_window: int = 0
 
 
 class _Cursor:
@@ -178,22 +189,60 @@ def _info(meta: dict[str, Any], weights: int, size: int) -> GgufInfo:
         context_length=num("context_length", 2048),
         weights_bytes=weights,
         file_bytes=size,
+        **_sliding_window(arch, meta, num("block_count", 32)),
     )
 
 
-def kv_cache_bytes(info: GgufInfo, n_ctx: int, bytes_per: int = 2) -> int:
-    """K and V for every layer at ``n_ctx`` positions (f16 by default)."""
+def _sliding_window(arch: str, meta: dict[str, Any], n_layer: int) -> dict[str, int]:
+    known = SWA_PATTERNS.get(arch)
+    if known is None:
+        return {}
+    n_pattern, dense_first, default_window = known
+    window = int(meta.get(f"{arch}.attention.sliding_window", default_window) or 0)
+    if window <= 0:
+        return {}
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # the file says, layer by layer
+        swa = sum(1 for flag in pattern[:n_layer] if flag)
+    else:
+        if pattern is not None:
+            n_pattern = int(pattern)
+        swa = sum(1 for il in range(n_layer) if n_pattern == 0 or (
+            il % n_pattern != 0 if dense_first else il % n_pattern < n_pattern - 1))
+    return {"swa_layers": swa, "sliding_window": window}
+
+
+def kv_cache_bytes(info: GgufInfo, n_ctx: int, n_seq: int = 1, n_ubatch: int = 512,
+                   bytes_per: int = 2) -> int:
+    """K and V at ``n_ctx`` positions for every full-attention layer (f16 by default), and
+    for every sliding-window layer the cells of its window cache (``window_cells``)."""
     kv_width = info.n_head_kv * (info.key_length + info.value_length)
-    return n_ctx * info.n_layer * kv_width * bytes_per
+    cells = n_ctx * (info.n_layer - info.swa_layers) \
+        + window_cells(info, n_ctx, n_seq, n_ubatch) * info.swa_layers
+    return cells * kv_width * bytes_per
 
 
-def compute_bytes(info: GgufInfo, n_ubatch: int = 512) -> int:
-    """Scratch for one micro-batch: activations and one row of logits per sequence."""
+def window_cells(info: GgufInfo, n_ctx: int, n_seq: int, n_ubatch: int) -> int:
+    """The cells llama.cpp gives a sliding-window layer's cache: the window for each of
+    ``n_seq`` sequences (one unified cache) plus a micro-batch, padded to 256, at most
+    ``n_ctx``. Without a sliding window, ``n_ctx``."""
+    if not info.swa_layers:
+        return n_ctx
+    return min(n_ctx, -(-(info.sliding_window * n_seq + n_ubatch) // 256) * 256)
+
+
+def compute_bytes(info: GgufInfo, n_ubatch: int = 512, n_ctx: int = 0, window: int = 0) -> int:
+    """Scratch for one micro-batch: activations, one row of logits per sequence, and the
+    attention masks (f16, a micro-batch's rows over every cell of the full-attention cache
+    and of the window cache), reserved at their worst case."""
     activations = n_ubatch * info.n_embd * 4 * 8
     logits = info.n_vocab * 4 * 8
-    return _COMPUTE_FLOOR + activations + logits
+    masks = n_ubatch * (n_ctx + (window if info.swa_layers else 0)) * 2
+    return _COMPUTE_FLOOR + activations + logits + masks
 
 
-def context_bytes(info: GgufInfo, n_ctx: int) -> int:
-    """What one context adds on top of the (shared, mmapped) weights."""
-    return kv_cache_bytes(info, n_ctx) + compute_bytes(info)
+def context_bytes(info: GgufInfo, n_ctx: int, n_seq: int = 1, n_ubatch: int = 512) -> int:
+    """What one context of ``n_seq`` sequences adds on top of the (shared, mmapped)
+    weights."""
+    return kv_cache_bytes(info, n_ctx, n_seq, n_ubatch) + compute_bytes(
+        info, n_ubatch, n_ctx, window_cells(info, n_ctx, n_seq, n_ubatch))

@@ -90,12 +90,13 @@ class LlamaBackend:
         info = self.info(path)
         extra = 0
         if spec.embedding:  # its own context, plus logits for a whole batch (see above)
-            extra = context_bytes(info, EMBED_CTX) + info.n_vocab * EMBED_BATCH * 4
+            extra = context_bytes(info, EMBED_CTX, 1, EMBED_BATCH) + info.n_vocab * EMBED_BATCH * 4
         # KV cells for every sequence (cached prefixes share them), a logits row per
         # sequence id, and the repacked copy of the weights (each load has its own).
         parallel = parallel_of(spec)
-        return context_bytes(info, spec.context * parallel) + extra \
-            + info.n_vocab * 4 * (parallel + cache_slots_of(spec) - 1) + info.repacked_bytes
+        ids = parallel + cache_slots_of(spec)
+        return context_bytes(info, spec.context * parallel, ids, N_BATCH) + extra \
+            + info.n_vocab * 4 * (ids - 1) + info.repacked_bytes
 
     def warm_up(self) -> None:
         """Blocking: map the native library (once per process); llama.cpp's own log lines

@@ -36,8 +36,13 @@ def test_header_without_loading(bundled_model_path: Path) -> None:
     info = read_gguf(bundled_model_path)
     assert (info.architecture, info.n_layer, info.n_vocab) == ("gemma3", 18, 262144)
     assert 230 * MiB < info.weights_bytes < info.file_bytes == 253113024
-    # K and V, 1 KV head of 256 each, 18 layers, f16
-    assert kv_cache_bytes(info, 2048) == 2048 * 18 * 512 * 2
+    # K and V, 1 KV head of 256 each, f16: 3 full-attention layers (every 6th) at the whole
+    # context, 15 sliding-window layers at their window of 512 plus a micro-batch of 512.
+    assert (info.swa_layers, info.sliding_window) == (15, 512)
+    assert kv_cache_bytes(info, 2048) == (3 * 2048 + 15 * 1024) * 512 * 2
+    # 16 sequences in one unified cache of 16384 cells: 16 windows + a micro-batch
+    assert kv_cache_bytes(info, 16384, 16) == (3 * 16384 + 15 * 8704) * 512 * 2
+    assert kv_cache_bytes(info, 1024, 16) == 18 * 1024 * 512 * 2  # never more than n_ctx
     assert context_bytes(info, 8192) > context_bytes(info, 2048)
     # Q4_K, Q6_K and Q8_0 matrices (23.4 MiB) may be repacked; not the Q8_0 embeddings
     # (170 MiB) nor the Q5_0 matrices. A load measured 13 MiB of repacked copies here.

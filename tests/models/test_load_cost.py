@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edged.models.config import ModelSpec
 from edged.models.contract import GenerateParams
 from edged.models.llama_backend import LlamaBackend
@@ -51,13 +53,22 @@ def test_parallel_comes_from_the_config_or_a_quarter_of_the_budget(
     assert parallel(64 << 30, onnx) == 1  # only GGUF models batch
 
 
-def test_a_measured_load_reports_its_rss_delta(bundled_model_path: Path) -> None:
+@pytest.mark.parametrize(("context", "parallel"), [(512, 1), (2048, 8)],
+                         ids=["small", "default-shape"])
+def test_a_measured_load_reports_its_rss_delta(bundled_model_path: Path, context: int,
+                                               parallel: int) -> None:
     backend = LlamaBackend()
-    spec = bundled_spec(bundled_model_path)
+    spec = bundled_spec(bundled_model_path, context=context, parallel=parallel)
     model, delta = measured_load(backend, spec, bundled_model_path, 1)
     try:
-        # Its file mapped afresh (the weights, read while loading) and its own buffers.
+        # Its file mapped afresh (the weights, read while loading) and its own buffers,
+        # which the estimate does not understate (KV cache, compute, repacked weights).
         assert delta > 0
+        _own, shared = estimate(backend, spec, bundled_model_path, 1)
+        weights = shared[f"file:{bundled_model_path}"]
+        own = backend.estimate(spec, bundled_model_path, 1)
+        assert delta - weights <= own, f"measured {(delta - weights) / MiB:.1f} MiB, " \
+            f"estimated {own / MiB:.1f} MiB"
         assert mappings(backend, spec) >= 1
         assert model.generate("Hi", GenerateParams(max_tokens=2), None).completion_tokens >= 1
     finally:

@@ -2,9 +2,10 @@
 
 Three aliases over the bundled file at context 4096 cost the shared weights (~235 MiB, once)
 and llama.cpp's heap reserve (100 MiB, once) plus ~88 MiB each (KV cache, buffers and 13 MiB
-of repacked weights, measured; the first load of each is charged its estimate, ~146 MiB with
-23 MiB of weights that may be repacked), so in a 580 MiB budget two fit (~570 MiB while the
-second loads) and three do not (~660 MiB).
+of repacked weights, measured; the first load of each is charged its estimate, ~114 MiB with
+23 MiB of weights that may be repacked), so in a 580 MiB budget two fit (~540 MiB while the
+second loads) and three do not (~625 MiB). "huge" (8 sequences of 32768: 1.2 GiB of KV
+cache and masks) never fits.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def module_daemon(bundled_model_path: Path) -> Iterator[RunningDaemon]:
     # One sequence each: the budget arithmetic below counts one KV cache per model (a
     # default `parallel` would size itself to the 580 MiB budget and change it).
     models = {alias: bundled_alias(context=4096, parallel=1) for alias in ALIASES}
-    models["huge"] = bundled_alias(context=32768, parallel=1)
+    models["huge"] = bundled_alias(context=32768, parallel=8)
     config = deep_merge(base_config(state), {
         "budget": {"memory": "580MiB", "request_timeout": "2s"},
         "models": {"cache_dir": str(MODEL_CACHE), **models},
