@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ def _parse(cur: _Cursor, size: int) -> GgufInfo:
     if end > size:
         raise IntegrityError(f"{cur.path}: truncated GGUF: tensors need {end} bytes, the file "
                              f"has {size}", code="corrupt_model")
-    return replace(_info(meta, weights, size), repacked_bytes=repacked)
+    return _info(meta, weights, repacked, size)
 
 
 def _tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[int, int, int]:
@@ -168,7 +168,7 @@ def _tensor_bytes(dims: list[int], qtype: int, path: Path) -> int:
     return n // block * type_size
 
 
-def _info(meta: dict[str, Any], weights: int, size: int) -> GgufInfo:
+def _info(meta: dict[str, Any], weights: int, repacked: int, size: int) -> GgufInfo:
     arch = str(meta.get("general.architecture", "llama"))
 
     def num(key: str, default: int) -> int:
@@ -189,6 +189,7 @@ def _info(meta: dict[str, Any], weights: int, size: int) -> GgufInfo:
         context_length=num("context_length", 2048),
         weights_bytes=weights,
         file_bytes=size,
+        repacked_bytes=repacked,
         **_sliding_window(arch, meta, num("block_count", 32)),
     )
 

@@ -54,7 +54,7 @@ class Residency:
                               metrics=metrics, settings=self.settings,
                               profile_name=self.profile_name, audit=audit)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._show_budget()
+        self._metrics.show_budget(self._ledger)
 
     # -- what callers see ----------------------------------------------------------------
 
@@ -170,7 +170,7 @@ class Residency:
         self._slots = {a: s if (s := self._slots.get(a)) is not None and s.spec == spec
                        else Resident(spec) for a, spec in cfg.catalog.items()}
         self._bump()
-        self._show_budget()
+        self._metrics.show_budget(self._ledger)
 
     async def run(self) -> None:
         """Keep power-profile changes flowing into the idle timers; unload all at shutdown."""
@@ -217,7 +217,7 @@ class Residency:
             slot.transition.set_result(None)
             slot.transition = None
             self._bump()
-            self._show_budget()
+            self._metrics.show_budget(self._ledger)
 
     # -- unloading -------------------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class Residency:
             slot.transition = None
             self._eviction.freed()
             self._bump()
-            self._show_budget()
+            self._metrics.show_budget(self._ledger)
         self._metrics.evictions.labels(alias, reason).inc()
         self._metrics.loaded.labels(alias).set(0)
         log.info("unloaded %s (%s)", alias, reason)
@@ -286,9 +286,6 @@ class Residency:
                 "state": "loaded" if slot.state == "loaded" else "unloaded",
                 "size_bytes": size, "estimated_bytes": estimated, "format": spec.format,
                 "context": spec.context, "pinned": slot.pinned}
-
-    def _show_budget(self) -> None:
-        self._metrics.show_budget(self._ledger)
 
     def _bump(self) -> None:
         self._generation += 1

@@ -95,8 +95,7 @@ def chain(params: GenerateParams, grammars: Grammars) -> Any:
     cp.no_perf = True
     smpl = llama_cpp.llama_sampler_chain_init(cp)
     add = llama_cpp.llama_sampler_chain_add
-    if (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) \
-            != (1.0, 0.0, 0.0):
+    if _penalised(params):
         add(smpl, llama_cpp.llama_sampler_init_penalties(
             grammars.n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty,
             params.presence_penalty))
@@ -212,7 +211,8 @@ class Picker:
         # Equal logits among the best k + 1: top-k's sort does not keep them in a fixed
         # order, and the seeded draw picks by position, so only the whole row is sure to
         # give what it would.
-        best = np.partition(near, n - min(n, top_k + 1))[n - min(n, top_k + 1):]
+        first = n - min(n, top_k + 1)
+        best = np.partition(near, first)[first:]
         if len(np.unique(best)) < len(best):
             return -1
         view = self._short_view[:n]

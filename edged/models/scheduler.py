@@ -250,6 +250,12 @@ class SequenceScheduler:
                 return 0
         return n
 
+    def _keep(self, seq: _Seq) -> None:
+        """Its cells stay as a cached prefix; the least recently used beyond the bound go."""
+        self._cached[seq.seq_id] = _Cached(seq.seq_id, seq.kv)
+        while len(self._cached) > self._cache_slots:
+            self._evict()
+
     def _evict(self) -> None:
         """Drop the least recently used cached prefix."""
         import llama_cpp
@@ -377,13 +383,6 @@ class SequenceScheduler:
         _free_sampler(seq.grammar)
         seq.sampler = seq.grammar = None
         seq.done.set()
-
-
-    def _keep(self, seq: _Seq) -> None:
-        """Its cells stay as a cached prefix; the least recently used beyond the bound go."""
-        self._cached[seq.seq_id] = _Cached(seq.seq_id, seq.kv)
-        while len(self._cached) > self._cache_slots:
-            self._evict()
 
 
 def _free_sampler(sampler: Any) -> None:
